@@ -1,0 +1,1 @@
+//! grip: the GRIP protocol, no I/O.
