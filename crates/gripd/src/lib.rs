@@ -1,1 +1,22 @@
-//! gripd library.
+//! gripd: a GRIP proxy. Ordinary requests pass through to the origin; responses carrying GRIP
+//! instructions are held open and fed by publishes. See docs/ARCHITECTURE.md for the codemap.
+//!
+//! Modules in reading order: `config` → `app` (composition root) → `server` (accept loops) →
+//! `proxy` (client service) → `origin` (origin client) → `hold` (held connections) → `hub`
+//! (channels and fan-out) → `publish_http` (control API) → `routes`, `metrics`, `error`,
+//! `shutdown`, `telemetry`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hold;
+pub mod hub;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod publish_http;
+pub mod routes;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

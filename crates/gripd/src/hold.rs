@@ -1,0 +1,814 @@
+//! Held connections: what happens after the origin answered with GRIP instructions.
+//!
+//! - **Response holds** (long-poll): nothing is sent until a publish (`http-response`) or the
+//!   timeout; then one response, merged over the origin's original one.
+//! - **Stream holds**: the origin's head and body go out at once; published `http-stream`
+//!   content is appended. The body is a `Stream` polled by hyper only when the socket can take
+//!   more, so a slow client only fills its own bounded queue.
+//! - **Next links** (`Grip-Link rel=next`): followed for paging, on `hint`, after a gap in ids
+//!   and when the link's timeout passes, with `Grip-Last` and without client headers.
+//!
+//! Invariants: everything queued for a connection when it is polled goes out in one write
+//! (coalescing); a stream ends cleanly on `close`, on shutdown (the hub closes its queue) and
+//! when a next-link response ends without a hold.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use grip::{Action, ChannelSpec, HoldMode, Instruct, KeepAliveMode, PublishItem, ResponseBody};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::time::{sleep_until, Instant};
+
+use crate::error::ProxyError;
+use crate::hub::{Delivery, DeliveryRx, DeliveryTx, Hub, Mode, Subscription, WeakDeliveryTx};
+use crate::metrics::GaugeGuard;
+use crate::origin::{clean_response_headers, full, BoxError, Body, ClientRequest};
+use crate::proxy::State;
+use crate::routes::{Route, Target, TargetKind};
+
+/// Attempts for a next-link request before the stream ends (Pushpin: 5 retries).
+pub const NEXT_LINK_RETRIES: u32 = 5;
+/// Keep-alive jitter: keep-alives fire up to this much before their timeout (Pushpin: 1 s).
+const KEEPALIVE_JITTER_MS: u64 = 1000;
+
+/// Everything a held connection needs to talk to the origin again.
+#[derive(Clone)]
+pub struct HoldContext {
+    pub state: Arc<State>,
+    pub route: Arc<Route>,
+    pub target: usize,
+    pub request: ClientRequest,
+}
+
+/// Turns an origin response carrying GRIP instructions into the client's response.
+pub async fn respond(ctx: HoldContext, resp: Response<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = resp.into_parts();
+    let needs_body = grip::is_instruct_body(&parts.headers)
+        || matches!(
+            parts.headers.get("grip-hold").map(|v| v.as_bytes()),
+            Some(b"response")
+        );
+    if needs_body {
+        let max = ctx.state.config.response_body_max;
+        let bytes = read_limited(body, max).await?;
+        let instruct = Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes)
+            .map_err(|e| ProxyError::Instruct(e.to_string()))?;
+        let origin = OriginResponse::new(parts.status, &parts.headers, bytes, &instruct);
+        return match instruct.hold {
+            Some(HoldMode::Response) => Ok(long_poll(ctx, instruct, origin).await),
+            Some(HoldMode::Stream) => stream(ctx, instruct, origin.head(), Some(full(origin.body.clone()))),
+            None => stream_or_plain(ctx, instruct, origin.head(), full(origin.body.clone())),
+        };
+    }
+    let instruct =
+        Instruct::from_headers(&parts.headers).map_err(|e| ProxyError::Instruct(e.to_string()))?;
+    let head = OriginResponse::new(parts.status, &parts.headers, Bytes::new(), &instruct).head();
+    let body = crate::origin::incoming(body);
+    match instruct.hold {
+        Some(HoldMode::Stream) => stream(ctx, instruct, head, Some(body)),
+        Some(HoldMode::Response) => Err(ProxyError::Internal("response hold without body".into())),
+        None => stream_or_plain(ctx, instruct, head, body),
+    }
+}
+
+/// No hold: a plain response, or (with a next link) paging through next links.
+fn stream_or_plain(
+    ctx: HoldContext,
+    instruct: Instruct,
+    head: Response<()>,
+    body: Body,
+) -> Result<Response<Body>, ProxyError> {
+    if instruct.next_link.is_some() {
+        return stream(ctx, instruct, head, Some(body));
+    }
+    let (parts, ()) = head.into_parts();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The origin's response as the client will see it on timeout (Grip-* removed, Grip-Status
+/// and Grip-Expose-Headers applied).
+struct OriginResponse {
+    status: StatusCode,
+    reason: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl OriginResponse {
+    fn new(status: StatusCode, headers: &HeaderMap, body: Bytes, instruct: &Instruct) -> OriginResponse {
+        let mut status = status;
+        let mut headers = headers.clone();
+        let mut body = body;
+        if let Some(r) = &instruct.response {
+            status = StatusCode::from_u16(r.code).unwrap_or(StatusCode::OK);
+            headers = HeaderMap::new();
+            for (k, v) in &r.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    headers.append(k, v);
+                }
+            }
+            body = r.body.clone();
+        }
+        grip::strip_grip_headers(&mut headers);
+        clean_response_headers(&mut headers);
+        headers.remove(header::CONTENT_LENGTH);
+        if let Some(expose) = &instruct.expose_headers {
+            let keep: Vec<HeaderName> = expose
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect();
+            let names: Vec<HeaderName> = headers.keys().cloned().collect();
+            for n in names {
+                if !keep.contains(&n) {
+                    headers.remove(n);
+                }
+            }
+        }
+        let mut reason = None;
+        if let Some((code, r)) = &instruct.status {
+            status = StatusCode::from_u16(*code).unwrap_or(status);
+            reason = r.clone();
+        }
+        OriginResponse { status, reason, headers, body }
+    }
+
+    fn head(&self) -> Response<()> {
+        let mut resp = Response::new(());
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        set_reason(&mut resp, self.reason.as_deref());
+        resp
+    }
+
+    fn to_response(&self) -> Response<Body> {
+        let (parts, ()) = self.head().into_parts();
+        Response::from_parts(parts, full(self.body.clone()))
+    }
+}
+
+fn set_reason<B>(resp: &mut Response<B>, reason: Option<&str>) {
+    if let Some(r) = reason {
+        if let Ok(p) = hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()) {
+            resp.extensions_mut().insert(p);
+        }
+    }
+}
+
+async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(ProxyError::Instruct(format!(
+                    "GRIP instruct response too large (over {max} bytes)"
+                )))
+            } else {
+                Err(ProxyError::OriginFailed("origin".into(), e.to_string()))
+            }
+        }
+    }
+}
+
+/// Keeps only the first `connection_subscription_max` channels (Pushpin truncates too).
+fn limit_channels(state: &State, mut channels: Vec<ChannelSpec>) -> Vec<ChannelSpec> {
+    let max = state.config.connection_subscription_max;
+    if channels.len() > max {
+        tracing::warn!(count = channels.len(), max, "too many channels, keeping the first");
+        channels.truncate(max);
+    }
+    channels
+}
+
+fn prefixed(route: &Route, name: &str) -> String {
+    match &route.props.prefix {
+        Some(p) => format!("{p}{name}"),
+        None => name.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response holds
+
+async fn long_poll(mut ctx: HoldContext, mut instruct: Instruct, mut origin: OriginResponse) -> Response<Body> {
+    let state = ctx.state.clone();
+    let _held = GaugeGuard::new(&state.metrics.held_response);
+    // Only the hub holds strong senders, so closing the hub (shutdown) ends the wait.
+    let (tx, mut rx) = Hub::queue(4);
+    let mut weak = tx.downgrade();
+    let mut strong = Some(tx);
+    let mut subs: Vec<Subscription> = Vec::new();
+    loop {
+        let channels = limit_channels(&state, instruct.channels.clone());
+        let tx = match strong.take().or_else(|| weak.upgrade()) {
+            Some(tx) => tx,
+            None => {
+                let (tx, new_rx) = Hub::queue(4);
+                rx = new_rx;
+                tx
+            }
+        };
+        // Subscribe before unsubscribing, so a retried hold never looks like a new channel.
+        let old = std::mem::take(&mut subs);
+        for c in &channels {
+            subs.push(state.hub.subscribe(&prefixed(&ctx.route, &c.name), Mode::Response, tx.clone()));
+        }
+        drop(old);
+        weak = tx.downgrade();
+        drop(tx);
+        let meta: BTreeMap<String, String> = instruct.meta.iter().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(instruct.timeout_secs);
+        // A known last id that differs from the hold's prev-id: the origin is behind, retry now.
+        let mut retry = channels.iter().any(|c| match (&c.prev_id, state.hub.last_id(&prefixed(&ctx.route, &c.name))) {
+            (Some(p), Some(l)) => *p != l,
+            _ => false,
+        });
+        while !retry {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    None => return origin.to_response(),
+                    Some(Delivery::Update) => retry = true,
+                    Some(Delivery::Item(item)) => {
+                        let Some(fmt) = item.http_response.as_ref() else { continue };
+                        let spec = channels.iter().find(|c| prefixed(&ctx.route, &c.name) == item.channel);
+                        if let (Some(spec), Some(prev)) = (spec, &item.prev_id) {
+                            if spec.prev_id.as_ref().is_some_and(|p| p != prev) {
+                                retry = true;
+                                continue;
+                            }
+                        }
+                        match fmt.action {
+                            Action::Hint => { retry = true; continue; }
+                            Action::Close | Action::Refresh => continue,
+                            Action::Send => {}
+                        }
+                        let filters = spec.map(|s| s.filters.as_slice()).unwrap_or(&[]);
+                        let prev_ids = BTreeMap::new();
+                        let subscribed = |c: &str| channels.iter().any(|s| prefixed(&ctx.route, &s.name) == c);
+                        let fctx = grip::FilterContext { sub_meta: &meta, pub_meta: &item.meta, prev_ids: &prev_ids, subscribed: &subscribed };
+                        if !grip::should_deliver(filters, &fctx) {
+                            continue;
+                        }
+                        return published_response(&origin, &item, fmt, filters, &fctx);
+                    }
+                },
+                _ = sleep_until(deadline) => return origin.to_response(),
+            }
+        }
+        // Retry: the original request again, with Grip-Last for channels that had a prev-id.
+        state.metrics.origin_refreshes.inc();
+        let extra = grip_last(&channels);
+        let resp = match state
+            .origin
+            .send_with_failover(&ctx.route, &ctx.request, None, &extra)
+            .await
+        {
+            Ok((resp, _)) => resp,
+            Err(e) => {
+                e.log(&route_name(&ctx.route));
+                return e.response(state.config.debug);
+            }
+        };
+        if !grip::is_grip_response(resp.headers()) {
+            let (mut parts, body) = resp.into_parts();
+            clean_response_headers(&mut parts.headers);
+            return Response::from_parts(parts, crate::origin::incoming(body));
+        }
+        let (parts, body) = resp.into_parts();
+        if parts.headers.get("grip-hold").map(|v| v.as_bytes()) != Some(b"response") {
+            // The origin changed its mind: handle the new answer as a fresh response.
+            let resp = Response::from_parts(parts, body);
+            ctx.target = 0;
+            return match Box::pin(respond(ctx, resp)).await {
+                Ok(r) => r,
+                Err(e) => e.response(state.config.debug),
+            };
+        }
+        let bytes = match read_limited(body, state.config.response_body_max).await {
+            Ok(b) => b,
+            Err(e) => return e.response(state.config.debug),
+        };
+        match Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes) {
+            Ok(i) => {
+                origin = OriginResponse::new(parts.status, &parts.headers, bytes, &i);
+                instruct = i;
+            }
+            Err(e) => return ProxyError::Instruct(e.to_string()).response(state.config.debug),
+        }
+    }
+}
+
+fn published_response(
+    origin: &OriginResponse,
+    item: &PublishItem,
+    fmt: &grip::HttpResponseFormat,
+    filters: &[String],
+    fctx: &grip::FilterContext<'_>,
+) -> Response<Body> {
+    let mut headers = origin.headers.clone();
+    for (k, v) in &fmt.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            if k.as_str().starts_with("grip-") {
+                continue;
+            }
+            headers.insert(k, v);
+        }
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    let body = match &fmt.body {
+        ResponseBody::Body(b) => grip::apply_content_filters(filters, fctx, b).unwrap_or_else(|_| b.clone()),
+        ResponseBody::Patch(patch) => patch_body(&origin.body, patch),
+    };
+    let _ = item;
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(fmt.code).unwrap_or(StatusCode::OK);
+    *resp.headers_mut() = headers;
+    set_reason(&mut resp, fmt.reason.as_deref());
+    resp
+}
+
+/// Applies a JSON Patch to the original body, keeping its trailing newline; empty on failure.
+fn patch_body(original: &Bytes, patch: &serde_json::Value) -> Bytes {
+    let text = String::from_utf8_lossy(original);
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    let tail = &text[trimmed.len()..];
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(trimmed) else {
+        return Bytes::new();
+    };
+    match grip::json_patch(&doc, patch) {
+        Ok(v) => Bytes::from(format!("{v}{tail}")),
+        Err(_) => Bytes::new(),
+    }
+}
+
+fn grip_last(channels: &[ChannelSpec]) -> Vec<(HeaderName, HeaderValue)> {
+    channels
+        .iter()
+        .filter_map(|c| {
+            let id = c.prev_id.as_ref()?;
+            grip_last_value(&c.name, id)
+        })
+        .collect()
+}
+
+fn grip_last_value(channel: &str, id: &str) -> Option<(HeaderName, HeaderValue)> {
+    let v = format!("{}; last-id={}", channel, grip::header::quote(id));
+    HeaderValue::from_str(&v)
+        .ok()
+        .map(|v| (HeaderName::from_static("grip-last"), v))
+}
+
+fn route_name(route: &Route) -> String {
+    route.id.clone().unwrap_or_else(|| format!("line {}", route.line))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream holds and next links
+
+/// A channel a stream session is subscribed to.
+struct SessionChannel {
+    spec: ChannelSpec,
+    /// Full (prefixed) name.
+    name: String,
+    _sub: Subscription,
+}
+
+/// The state of one held stream (or a paging response following next links).
+struct StreamSession {
+    ctx: HoldContext,
+    /// Weak, so that the hub dropping its senders (shutdown) ends the stream.
+    tx: WeakDeliveryTx,
+    rx: DeliveryRx,
+    channels: Vec<SessionChannel>,
+    /// Last id delivered per (prefixed) channel, for prev-id checks and `build-id`.
+    prev_ids: BTreeMap<String, String>,
+    meta: BTreeMap<String, String>,
+    keep_alive: Option<grip::KeepAlive>,
+    ka_deadline: Instant,
+    next_link: Option<grip::NextLink>,
+    /// When the next link must be fetched again (no message on some channel within its timeout).
+    link_deadline: Option<Instant>,
+    /// Origin body being relayed (the initial body, or a next-link response's).
+    relay: Option<Body>,
+    /// After the relayed body: `true` to fetch the next link at once (paging, no hold yet).
+    fetch_after_relay: bool,
+    /// Whether the session holds (subscribed); without a hold it ends after the last page.
+    holding: bool,
+    /// A fetch is due (gap, hint, update).
+    fetch_due: bool,
+    recover: bool,
+    closing: bool,
+    _held: GaugeGuard,
+}
+
+fn stream(
+    ctx: HoldContext,
+    instruct: Instruct,
+    head: Response<()>,
+    initial: Option<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let state = ctx.state.clone();
+    let (tx, rx) = Hub::queue(state.config.connection_queue_max);
+    let weak = tx.downgrade();
+    let mut session = StreamSession {
+        ctx,
+        tx: weak,
+        rx,
+        channels: Vec::new(),
+        prev_ids: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        keep_alive: None,
+        ka_deadline: Instant::now(),
+        next_link: None,
+        link_deadline: None,
+        relay: initial,
+        fetch_after_relay: false,
+        holding: false,
+        fetch_due: false,
+        recover: false,
+        closing: false,
+        _held: GaugeGuard::new(&state.metrics.held_stream),
+    };
+    // Keep the only strong sender until the first subscriptions hold their own.
+    session.apply_with(instruct, true, Some(&tx))?;
+    drop(tx);
+    let (mut parts, ()) = head.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = futures_util::stream::unfold(session, |mut s| async move {
+        s.next_chunk()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), s))
+    });
+    Ok(Response::from_parts(parts, StreamBody::new(body).boxed()))
+}
+
+impl StreamSession {
+    /// Applies (new) instructions: channels, meta, keep-alive, next link.
+    fn apply(&mut self, instruct: Instruct, first: bool) -> Result<(), ProxyError> {
+        self.apply_with(instruct, first, None)
+    }
+
+    fn apply_with(&mut self, instruct: Instruct, first: bool, strong: Option<&DeliveryTx>) -> Result<(), ProxyError> {
+        let tx = match strong.cloned().or_else(|| self.tx.upgrade()) {
+            Some(tx) => tx,
+            None => {
+                // Every subscription was dropped: start a fresh queue.
+                let (tx, rx) = Hub::queue(self.ctx.state.config.connection_queue_max);
+                self.rx = rx;
+                self.tx = tx.downgrade();
+                tx
+            }
+        };
+        let state = self.ctx.state.clone();
+        if !instruct.meta.is_empty() || first {
+            self.meta = instruct.meta.iter().cloned().collect();
+        }
+        if let Some(link) = instruct.next_link.clone() {
+            self.link_deadline = Some(Instant::now() + Duration::from_secs(link.timeout_secs));
+            self.next_link = Some(link);
+        } else {
+            self.next_link = None;
+            self.link_deadline = None;
+        }
+        match instruct.hold {
+            Some(HoldMode::Stream) => {
+                let specs = limit_channels(&state, instruct.channels);
+                if specs.iter().any(|c| c.prev_id.is_some()) && self.next_link.is_none() {
+                    let name = specs.iter().find(|c| c.prev_id.is_some()).map(|c| c.name.clone()).unwrap_or_default();
+                    return Err(ProxyError::Instruct(format!(
+                        "channel '{name}' specifies prev-id, but no next link found"
+                    )));
+                }
+                // Re-subscribe: keep existing subscriptions for channels still wanted.
+                let mut old: Vec<SessionChannel> = std::mem::take(&mut self.channels);
+                for spec in specs {
+                    let name = prefixed(&self.ctx.route, &spec.name);
+                    let sub = match old.iter().position(|c| c.name == name) {
+                        Some(i) => old.swap_remove(i)._sub,
+                        None => state.hub.subscribe(&name, Mode::Stream, tx.clone()),
+                    };
+                    if let Some(p) = &spec.prev_id {
+                        self.prev_ids.insert(name.clone(), p.clone());
+                        // The hub already published past this id: recover at once.
+                        if let Some(last) = state.hub.last_id(&name) {
+                            if &last != p {
+                                self.fetch_due = true;
+                                self.recover = true;
+                            }
+                        }
+                    }
+                    self.channels.push(SessionChannel { spec, name, _sub: sub });
+                }
+                drop(old);
+                self.keep_alive = instruct.keep_alive.clone();
+                self.reset_keep_alive();
+                self.holding = true;
+                self.fetch_after_relay = false;
+            }
+            Some(HoldMode::Response) => {
+                return Err(ProxyError::Instruct("Next link returned non-stream hold.".into()));
+            }
+            None => {
+                // Paging: append this body, then follow the next link at once; without a
+                // next link the response ends after this body.
+                self.holding = false;
+                self.channels.clear();
+                self.keep_alive = None;
+                self.fetch_after_relay = self.next_link.is_some();
+                if self.next_link.is_none() {
+                    self.closing = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reset_keep_alive(&mut self) {
+        if let Some(ka) = &self.keep_alive {
+            let jitter = rand::random::<u64>() % KEEPALIVE_JITTER_MS;
+            let ms = (ka.timeout_secs * 1000).saturating_sub(jitter).max(500);
+            self.ka_deadline = Instant::now() + Duration::from_millis(ms);
+        }
+    }
+
+    /// The next chunk for the client; `None` ends the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(relay) = self.relay.as_mut() {
+                match relay.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            if !data.is_empty() {
+                                return Some(data);
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "origin body ended with error");
+                        return None;
+                    }
+                    None => {
+                        self.relay = None;
+                        if self.fetch_after_relay {
+                            self.fetch_after_relay = false;
+                            self.fetch_due = true;
+                        }
+                    }
+                }
+            }
+            if self.fetch_due {
+                self.fetch_due = false;
+                if !self.fetch_next().await {
+                    return None;
+                }
+                continue;
+            }
+            if self.closing {
+                return None;
+            }
+            if !self.holding {
+                return None;
+            }
+            let ka = self.keep_alive.is_some();
+            let link = self.link_deadline;
+            tokio::select! {
+                d = self.rx.recv() => {
+                    let d = d?;
+                    let mut buf = BytesMut::new();
+                    self.handle(d, &mut buf);
+                    while !self.closing && !self.fetch_due {
+                        match self.rx.try_recv() {
+                            Ok(d) => self.handle(d, &mut buf),
+                            Err(_) => break,
+                        }
+                    }
+                    if !buf.is_empty() {
+                        if let Some(ka) = &self.keep_alive {
+                            if ka.mode == KeepAliveMode::Idle {
+                                self.reset_keep_alive();
+                            }
+                        }
+                        return Some(buf.freeze());
+                    }
+                }
+                _ = sleep_until(self.ka_deadline), if ka => {
+                    self.reset_keep_alive();
+                    if let Some(ka) = &self.keep_alive {
+                        return Some(ka.data.clone());
+                    }
+                }
+                _ = sleep_until(link.unwrap_or_else(Instant::now)), if link.is_some() => {
+                    self.fetch_due = true;
+                }
+            }
+        }
+    }
+
+    /// Handles one delivery, appending any content to `buf`.
+    fn handle(&mut self, d: Delivery, buf: &mut BytesMut) {
+        let item = match d {
+            Delivery::Update => {
+                if self.next_link.is_some() {
+                    self.fetch_due = true;
+                    self.recover = true;
+                }
+                return;
+            }
+            Delivery::Item(item) => item,
+        };
+        if self.fetch_due || self.closing {
+            // A recovery is pending: what is queued will come back through the next link.
+            return;
+        }
+        let Some(fmt) = item.http_stream.as_ref() else {
+            return;
+        };
+        let Some(ch) = self.channels.iter().find(|c| c.name == item.channel) else {
+            return;
+        };
+        match fmt.action {
+            Action::Close => {
+                self.closing = true;
+                return;
+            }
+            Action::Hint | Action::Refresh => {
+                if self.next_link.is_some() {
+                    self.fetch_due = true;
+                    self.recover = true;
+                }
+                return;
+            }
+            Action::Send => {}
+        }
+        if let (Some(expected), Some(prev)) = (self.prev_ids.get(&ch.name), &item.prev_id) {
+            if expected != prev {
+                if self.next_link.is_some() {
+                    tracing::debug!(channel = %ch.name, expected = %expected, got = %prev, "gap in ids, recovering");
+                    self.fetch_due = true;
+                    self.recover = true;
+                }
+                return;
+            }
+        }
+        let filters = ch.spec.filters.clone();
+        let name = ch.name.clone();
+        let mut prev_ids = self.prev_ids.clone();
+        if let Some(id) = &item.id {
+            prev_ids.insert(name.clone(), id.clone());
+        }
+        let names: Vec<String> = self.channels.iter().map(|c| c.name.clone()).collect();
+        let subscribed = |c: &str| names.iter().any(|n| n == c);
+        let fctx = grip::FilterContext {
+            sub_meta: &self.meta,
+            pub_meta: &item.meta,
+            prev_ids: &prev_ids,
+            subscribed: &subscribed,
+        };
+        if !grip::should_deliver(&filters, &fctx) {
+            if let Some(id) = &item.id {
+                self.prev_ids.insert(name, id.clone());
+            }
+            return;
+        }
+        if filters.is_empty() {
+            buf.extend_from_slice(&fmt.content);
+        } else {
+            match grip::apply_content_filters(&filters, &fctx, &fmt.content) {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(e) => tracing::debug!(channel = %name, error = %e, "content filter failed, item skipped"),
+            }
+        }
+        if let Some(id) = &item.id {
+            self.prev_ids.insert(name, id.clone());
+        }
+    }
+
+    /// Fetches the next link; its body is relayed next and its instructions applied.
+    /// Returns `false` when the stream must end.
+    async fn fetch_next(&mut self) -> bool {
+        let Some(link) = self.next_link.clone() else {
+            return self.holding;
+        };
+        let state = self.ctx.state.clone();
+        let recover = std::mem::take(&mut self.recover);
+        let extra: Vec<(HeaderName, HeaderValue)> = if recover || self.holding {
+            self.channels
+                .iter()
+                .filter_map(|c| {
+                    let id = self.prev_ids.get(&c.name)?;
+                    grip_last_value(&c.spec.name, id)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (target, path) = match resolve_link(&self.ctx, &link.uri) {
+            Some(t) => t,
+            None => {
+                tracing::warn!(link = %link.uri, "cannot resolve next link");
+                return false;
+            }
+        };
+        // Drain what is queued: the next-link response reflects it.
+        while self.rx.try_recv().is_ok() {}
+        let mut attempt = 0;
+        loop {
+            let permit = state.link_permits.clone().acquire_owned().await;
+            state.metrics.origin_refreshes.inc();
+            let result = state
+                .origin
+                .get_link(&self.ctx.route, &target, &self.ctx.request, &path, &extra)
+                .await;
+            drop(permit);
+            let err = match result {
+                Ok(resp) if resp.status().is_success() => {
+                    let (parts, body) = resp.into_parts();
+                    let instruct = if grip::is_instruct_body(&parts.headers) {
+                        let bytes = match read_limited(body, state.config.response_body_max).await {
+                            Ok(b) => b,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "next link failed");
+                                return false;
+                            }
+                        };
+                        match Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes) {
+                            Ok(i) => {
+                                let b = i.response.as_ref().map(|r| r.body.clone()).unwrap_or_default();
+                                self.relay = Some(full(b));
+                                i
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "next link returned bad instructions");
+                                return false;
+                            }
+                        }
+                    } else {
+                        match Instruct::from_headers(&parts.headers) {
+                            Ok(i) => {
+                                self.relay = Some(crate::origin::incoming(body));
+                                i
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "next link returned bad instructions");
+                                return false;
+                            }
+                        }
+                    };
+                    if let Err(e) = self.apply(instruct, false) {
+                        tracing::warn!(error = %e, "next link instructions rejected");
+                        self.closing = true;
+                    }
+                    return true;
+                }
+                Ok(resp) => format!("status {}", resp.status()),
+                Err(e) => e.to_string(),
+            };
+            attempt += 1;
+            if attempt > NEXT_LINK_RETRIES {
+                tracing::warn!(link = %link.uri, error = %err, "next link failed, ending stream");
+                return false;
+            }
+            let backoff = Duration::from_millis(1000 * (1 << (attempt - 1)) + rand::random::<u64>() % 1000);
+            tracing::debug!(link = %link.uri, error = %err, ?backoff, "next link failed, retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Resolves a next link against the client's request: same host → the route's target;
+/// another host → that host directly.
+fn resolve_link(ctx: &HoldContext, uri: &str) -> Option<(Target, String)> {
+    let current = ctx.route.targets.get(ctx.target).or_else(|| ctx.route.targets.first())?.clone();
+    if let Some(rest) = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://")) {
+        let ssl = uri.starts_with("https://");
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.eq_ignore_ascii_case(&ctx.request.host) {
+            return Some((current, ctx.route.rewrite_path(path)));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (authority.to_string(), if ssl { 443 } else { 80 }),
+        };
+        let mut t = current;
+        t.kind = TargetKind::Host { host, port };
+        t.ssl = ssl;
+        t.host_header = Some(authority.to_string());
+        return Some((t, path.to_string()));
+    }
+    let path = if uri.starts_with('/') {
+        uri.to_string()
+    } else {
+        let base = ctx.request.path_and_query.split('?').next().unwrap_or("/");
+        let dir = &base[..base.rfind('/').map(|i| i + 1).unwrap_or(0)];
+        format!("{dir}{uri}")
+    };
+    Some((current, ctx.route.rewrite_path(&path)))
+}

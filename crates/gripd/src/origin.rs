@@ -1,0 +1,453 @@
+//! The origin side: a pooled hyper client (HTTP and HTTPS through rustls) and the rewriting of
+//! client requests into origin requests (hop-by-hop removal, `Grip-Sig`, `Grip-Feature`,
+//! X-Forwarded-*).
+//!
+//! Invariants:
+//! - A client can never make the origin see its own `Grip-*` headers (no forged `Grip-Sig`).
+//! - Every request to an origin of a GRIP-enabled route carries a fresh-enough `Grip-Sig`.
+//! - Connect and response-head waits are bounded (`connect_timeout`, `response_timeout`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use crate::config::{Config, ForwardedForStep, ForwardedProto};
+use crate::error::ProxyError;
+use crate::routes::{Route, Target, TargetKind};
+
+/// Error type of every body gripd moves.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type used on both sides.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long a cached `Grip-Sig` is reused before a new one is signed (tokens live 3600 s).
+const SIG_REUSE: Duration = Duration::from_secs(60);
+
+/// Request headers that never travel to the origin (hop-by-hop, plus what Pushpin removes).
+const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "content-encoding",
+];
+
+/// Response headers never relayed to the client.
+pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`.
+pub struct Signer {
+    iss: String,
+    key: grip::SigKey,
+    cached: Mutex<Option<(Instant, HeaderValue)>>,
+}
+
+/// The origin client.
+pub struct Origin {
+    client: HttpsClient,
+    insecure: HttpsClient,
+    response_timeout: Duration,
+    signer: Signer,
+    forwarded_for: Vec<ForwardedForStep>,
+    forwarded_proto: ForwardedProto,
+}
+
+/// What a client asked for, kept so the request can be sent again (retries, next links).
+#[derive(Clone)]
+pub struct ClientRequest {
+    pub method: Method,
+    /// Path and query as the client sent them.
+    pub path_and_query: String,
+    /// Client headers, already cleaned (no hop-by-hop, no Grip-*).
+    pub headers: HeaderMap,
+    /// The body, when small enough to keep; `None` when it was streamed.
+    pub body: Option<Bytes>,
+    pub peer: SocketAddr,
+    pub https: bool,
+    /// Host the client addressed (Host header, or the URI authority).
+    pub host: String,
+}
+
+// === impl Signer ===
+
+impl Signer {
+    pub fn new(iss: &str, key: &[u8]) -> Signer {
+        Signer {
+            iss: iss.to_string(),
+            key: grip::SigKey::from_bytes(key.to_vec()),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A current token for the global key.
+    pub fn token(&self) -> Option<HeaderValue> {
+        if self.iss.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, v)) = cached.as_ref() {
+            if now.duration_since(*at) < SIG_REUSE {
+                return Some(v.clone());
+            }
+        }
+        let v = HeaderValue::from_str(&grip::sign(&self.iss, &self.key, unix_now())).ok()?;
+        *cached = Some((now, v.clone()));
+        Some(v)
+    }
+}
+
+// === impl Origin ===
+
+impl Origin {
+    pub fn new(config: &Config) -> Origin {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let verified = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http.clone());
+        let insecure_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify))
+                .with_no_client_auth()
+        });
+        let insecure_conn = match insecure_tls {
+            Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+            Err(_) => verified.clone(),
+        };
+        let build = |c| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(c)
+        };
+        Origin {
+            client: build(verified),
+            insecure: build(insecure_conn),
+            response_timeout: config.response_timeout,
+            signer: Signer::new(&config.sig_iss, config.sig_key.bytes()),
+            forwarded_for: config.x_forwarded_for.clone(),
+            forwarded_proto: config.forwarded_proto,
+        }
+    }
+
+    /// Builds the origin request for `target` and sends it, waiting at most `response_timeout`
+    /// for the response head.
+    pub async fn send(
+        &self,
+        route: &Route,
+        target: &Target,
+        req: &ClientRequest,
+        path_and_query: &str,
+        body: Body,
+        extra: &[(HeaderName, HeaderValue)],
+        client_headers: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let TargetKind::Host { host, port } = &target.kind else {
+            return Err(ProxyError::Internal("test target has no origin".into()));
+        };
+        let scheme = if target.ssl { "https" } else { "http" };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let uri: Uri = format!("{scheme}://{authority}{path_and_query}")
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("bad request URI: {e}")))?;
+        let mut headers = if client_headers {
+            req.headers.clone()
+        } else {
+            HeaderMap::new()
+        };
+        let host_header = target
+            .host_header
+            .clone()
+            .or_else(|| route.props.as_host.clone())
+            .unwrap_or_else(|| req.host.clone());
+        if let Ok(v) = HeaderValue::from_str(&host_header) {
+            headers.insert(header::HOST, v);
+        }
+        self.forwarded(&mut headers, req);
+        for (name, value) in &route.props.headers {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                if value.is_empty() {
+                    headers.remove(&name);
+                } else if let Ok(v) = HeaderValue::from_str(value) {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        if !route.props.no_grip {
+            let sig = match (&route.props.sig_iss, &route.props.sig_key) {
+                (Some(iss), Some(key)) => {
+                    let key = grip::SigKey::from_bytes(key.as_bytes().to_vec());
+                    HeaderValue::from_str(&grip::sign(iss, &key, unix_now())).ok()
+                }
+                _ => self.signer.token(),
+            };
+            if let Some(sig) = sig {
+                headers.insert("grip-sig", sig);
+            }
+            headers.insert("grip-feature", HeaderValue::from_static(grip::GRIP_FEATURE));
+        }
+        for (name, value) in extra {
+            headers.append(name.clone(), value.clone());
+        }
+        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            *h = headers;
+        }
+        let request = builder
+            .body(body)
+            .map_err(|e| ProxyError::Internal(format!("building origin request: {e}")))?;
+        let client = if target.insecure { &self.insecure } else { &self.client };
+        match tokio::time::timeout(self.response_timeout, client.request(request)).await {
+            Err(_) => Err(ProxyError::OriginTimeout(authority)),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::OriginConnect(authority, e.to_string())),
+            Ok(Err(e)) => Err(ProxyError::OriginFailed(authority, e.to_string())),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// Sends `req` to the route's targets in order, moving on when a target refuses the
+    /// connection (failover). Only a kept (buffered) body can be sent more than once.
+    pub async fn send_with_failover(
+        &self,
+        route: &Route,
+        req: &ClientRequest,
+        mut streamed: Option<Body>,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<(Response<Incoming>, usize), ProxyError> {
+        let path = route.rewrite_path(&req.path_and_query);
+        let mut last = None;
+        for (i, target) in route.targets.iter().enumerate() {
+            let body = match (&req.body, streamed.take()) {
+                (_, Some(b)) => b,
+                (Some(bytes), None) => full(bytes.clone()),
+                (None, None) => break,
+            };
+            match self.send(route, target, req, &path, body, extra, true).await {
+                Ok(resp) => return Ok((resp, i)),
+                Err(e @ ProxyError::OriginConnect(..)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ProxyError::Internal("route has no targets".into())))
+    }
+
+    /// A `GET` the proxy makes itself (next links): no client headers, only `Grip-Last`.
+    pub async fn get_link(
+        &self,
+        route: &Route,
+        target: &Target,
+        req: &ClientRequest,
+        path_and_query: &str,
+        grip_last: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let get = ClientRequest {
+            method: Method::GET,
+            path_and_query: path_and_query.to_string(),
+            headers: HeaderMap::new(),
+            body: None,
+            peer: req.peer,
+            https: req.https,
+            host: req.host.clone(),
+        };
+        self.send(route, target, &get, path_and_query, empty(), grip_last, false)
+            .await
+    }
+
+    fn forwarded(&self, headers: &mut HeaderMap, req: &ClientRequest) {
+        if !self.forwarded_for.is_empty() {
+            let mut entries: Vec<String> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            for step in &self.forwarded_for {
+                match step {
+                    ForwardedForStep::Truncate(n) => {
+                        let skip = entries.len().saturating_sub(*n);
+                        entries.drain(..skip);
+                    }
+                    ForwardedForStep::Append => entries.push(req.peer.ip().to_string()),
+                }
+            }
+            headers.remove("x-forwarded-for");
+            if !entries.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&entries.join(", ")) {
+                    headers.insert("x-forwarded-for", v);
+                }
+            }
+        }
+        if self.forwarded_proto != ForwardedProto::Untouched {
+            headers.remove("x-forwarded-proto");
+            headers.remove("x-forwarded-protocol");
+            if req.https {
+                headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+                if self.forwarded_proto == ForwardedProto::Both {
+                    headers.insert("x-forwarded-protocol", HeaderValue::from_static("https"));
+                }
+            }
+        }
+    }
+}
+
+/// Cleans client request headers: hop-by-hop (including those named in `Connection`), and
+/// every `Grip-*` header (clients must not forge `Grip-Sig` or `Grip-Last`).
+pub fn clean_request_headers(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in STRIPPED_REQUEST_HEADERS {
+        headers.remove(*name);
+    }
+    let grip: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("grip-"))
+        .cloned()
+        .collect();
+    for name in grip {
+        headers.remove(name);
+    }
+}
+
+/// Removes hop-by-hop headers from an origin response (including those named in `Connection`).
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in STRIPPED_RESPONSE_HEADERS {
+        headers.remove(*name);
+    }
+}
+
+/// A body of known bytes.
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// An origin (or client) body, boxed with our error type.
+pub fn incoming(b: Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Accepts any server certificate: only for targets marked `insecure` (self-signed origins).
+#[derive(Debug)]
+struct NoVerify;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,111 @@
+//! Accept loops: a connection permit before `accept`, accept-error classification, one span and
+//! one tracked task per connection, hyper's HTTP/1.1 connection driver with graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::origin::Body;
+use crate::shutdown::Shutdown;
+
+/// Time a client has to send a complete request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Listener settings.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// Name for logs ("client", "control").
+    pub name: &'static str,
+    /// Largest request head, in bytes.
+    pub head_max: usize,
+    /// Connection limit shared by this listener.
+    pub permits: Arc<Semaphore>,
+}
+
+/// Accepts connections until shutdown, serving each with `handler`.
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    handler: H,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(settings.head_max.max(8192))
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.token.cancelled() => break,
+            p = settings.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        continue;
+                    }
+                    tracing::error!(listener = settings.name, error = %e, "accept failed, pausing");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc = service_fn(move |req| handler(peer, req));
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let gauge = GaugeGuard::new(&metrics.connections_active);
+        let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
+        let token = shutdown.token.clone();
+        shutdown.tracker.spawn(
+            async move {
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = token.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+                drop(gauge);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
