@@ -1,1 +1,3 @@
 //! gripd library.
+
+pub mod routes;
