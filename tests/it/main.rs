@@ -1,1 +1,8 @@
-//! The single integration-test binary.
+//! The single integration-test binary: the real gripd in-process against real origins.
+
+#![allow(clippy::unwrap_used)]
+
+mod grip_hold;
+mod passthrough;
+mod publish_http;
+mod routes_reload;

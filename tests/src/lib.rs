@@ -1,1 +1,301 @@
-//! Integration-test harness.
+//! Integration-test harness: the real gripd app in-process on 127.0.0.1:0, real hyper origins
+//! on 127.0.0.1:0, and small clients. Every wait is bounded.
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use gripd::origin::{empty, full, Body, BoxError};
+
+/// Default bound for any single wait in tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+/// A running origin stub.
+pub struct Origin {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a hyper HTTP/1.1 origin on 127.0.0.1:0 serving `f`.
+pub async fn origin<F, Fut>(f: F) -> Origin
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    origin_on(listener, f)
+}
+
+/// Serves `f` on an already-bound listener.
+pub fn origin_on<F, Fut>(listener: TcpListener, f: F) -> Origin
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Origin { addr, task }
+}
+
+/// A response builder for origin stubs.
+pub fn resp(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        r.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    r
+}
+
+/// A running gripd.
+pub struct Proxy {
+    pub running: Option<gripd::app::Running>,
+    pub client: SocketAddr,
+    pub control: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts gripd in-process with `routes` lines and extra TOML config.
+    pub async fn start(routes: &[String], toml: &str) -> Proxy {
+        Self::start_with(routes, toml, None).await
+    }
+
+    /// Starts gripd with a routes file instead of route lines.
+    pub async fn start_with(routes: &[String], toml: &str, routes_file: Option<&Path>) -> Proxy {
+        init_log();
+        let mut text = String::from(toml);
+        if let Some(f) = routes_file {
+            text = format!("{text}\n[proxy]\nroutes_file = {:?}\n", f.display().to_string());
+        }
+        let overrides = gripd::config::Overrides {
+            routes: routes.to_vec(),
+            ..Default::default()
+        };
+        let config = gripd::config::Config::from_toml_str(&text, Path::new("."), &BTreeMap::new(), &overrides, None)
+            .unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let (routes, errors) = gripd::app::load_routes(&config).unwrap();
+        assert!(errors.is_empty(), "route errors: {errors:?}");
+        let listeners = gripd::app::Listeners {
+            client: vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
+            control: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let running = gripd::app::start(config, listeners, routes).unwrap();
+        Proxy {
+            client: running.client_addrs[0],
+            control: running.control_addr,
+            running: Some(running),
+        }
+    }
+
+    /// Publishes a JSON body to `/publish/`; returns status and body.
+    pub async fn publish(&self, body: serde_json::Value) -> (u16, String) {
+        let r = request(self.control, "POST", "/publish/", &[("Content-Type", "application/json")], body.to_string()).await;
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// Publishes one `http-stream` item.
+    pub async fn publish_stream(&self, channel: &str, content: &str) {
+        let (status, body) = self
+            .publish(serde_json::json!({"items": [{"channel": channel, "formats": {"http-stream": {"content": content}}}]}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Waits until `channel` has a subscriber (bounded).
+    pub async fn wait_subscribed(&self, channel: &str) {
+        let hub = self.running.as_ref().unwrap().hub.clone();
+        let ch = channel.to_string();
+        tokio::time::timeout(WAIT, async move {
+            loop {
+                if hub.last_id(&ch).is_some() || hub_has(&hub, &ch) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no subscriber on {channel}"));
+    }
+}
+
+fn hub_has(hub: &gripd::hub::Hub, channel: &str) -> bool {
+    hub.has_channel(channel)
+}
+
+/// A complete response read by the simple client.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub reason: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends one request with hyper's client and reads the whole response (bounded by `WAIT`).
+pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    tokio::time::timeout(WAIT, async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path);
+        let mut has_host = false;
+        for (k, v) in headers {
+            has_host |= k.eq_ignore_ascii_case("host");
+            req = req.header(*k, *v);
+        }
+        if !has_host {
+            req = req.header("host", addr.to_string());
+        }
+        let resp = sender.send_request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+            .unwrap_or_else(|| resp.status().canonical_reason().unwrap_or("").to_string());
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, reason, headers, body }
+    })
+    .await
+    .expect("request timed out")
+}
+
+/// An open streaming response: read chunks as they come.
+pub struct Stream {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    body: Incoming,
+    pub received: Vec<u8>,
+    _sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Stream {
+    /// Opens `GET path` and waits for the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
+        tokio::time::timeout(WAIT, async {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = Request::builder().uri(path).header("host", addr.to_string());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            Stream { status, headers, body: resp.into_body(), received: Vec::new(), _sender: sender }
+        })
+        .await
+        .expect("stream open timed out")
+    }
+
+    /// Reads until `received` contains `needle` (bounded by `WAIT`).
+    pub async fn read_until(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !String::from_utf8_lossy(&self.received).contains(needle) {
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {:?}", String::from_utf8_lossy(&self.received)));
+            match frame {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.received.extend_from_slice(&d);
+                    }
+                }
+                other => panic!("stream ended ({other:?}) waiting for {needle:?}; got {:?}", String::from_utf8_lossy(&self.received)),
+            }
+        }
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+
+    /// Reads until the body ends cleanly (bounded by `WAIT`); returns everything received.
+    pub async fn read_to_end(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await.expect("stream did not end") {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.received.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => panic!("stream failed: {e}"),
+                None => return String::from_utf8_lossy(&self.received).into_owned(),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(Some(Ok(f))) = tokio::time::timeout(d, self.body.frame()).await {
+            panic!("unexpected data: {:?}", f.into_data().ok());
+        }
+    }
+}
+
+/// Sends raw bytes and reads the raw reply until the server closes or `WAIT` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client for an HTTPS origin test, using hyper-util's pooled client.
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
+
+fn init_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber_init();
+    }
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    gripd::telemetry::init("debug", gripd::config::LogFormat::Text, None);
+    Some(())
+}

@@ -270,6 +270,11 @@ impl Hub {
             .and_then(|c| c.last_id.clone())
     }
 
+    /// Whether `channel` has at least one subscriber.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.shard(channel).channels.contains_key(channel)
+    }
+
     /// Number of channels with at least one subscriber.
     pub fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| lock(s).channels.len()).sum()

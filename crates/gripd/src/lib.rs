@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod hold;
 pub mod hub;
 pub mod metrics;

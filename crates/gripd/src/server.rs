@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::framing::FramingGuard;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::origin::Body;
 use crate::shutdown::Shutdown;
@@ -76,7 +77,8 @@ pub async fn serve<H, Fut>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let svc = service_fn(move |req| handler(peer, req));
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let io = FramingGuard::new(stream, settings.head_max.max(8192));
+        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
         let gauge = GaugeGuard::new(&metrics.connections_active);
         let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
         let token = shutdown.token.clone();

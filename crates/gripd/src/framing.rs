@@ -1,0 +1,282 @@
+//! A guard on the client socket's read side against ambiguous HTTP/1.1 framing.
+//!
+//! hyper resolves some ambiguous requests itself (it prefers `Transfer-Encoding` over
+//! `Content-Length` and silently folds identical duplicate `Content-Length` headers). A proxy
+//! must not guess: a request that two parsers could frame differently is how requests are
+//! smuggled past one of them. This guard follows the byte stream request by request (head,
+//! then the body by its declared framing) and, when a head carries both `Content-Length` and
+//! `Transfer-Encoding`, several `Content-Length` headers, or a list value, it replaces the end
+//! of that head with bytes hyper cannot parse: hyper answers `400 Bad Request` and closes the
+//! connection, and nothing reaches the origin.
+//!
+//! Invariant: bytes are passed through unchanged except in that one case; memory held per
+//! connection is the current request head only while it is being read.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes that make any HTTP parser fail, whatever came before them in the head.
+const POISON: &[u8] = b"\x00\r\n\r\n";
+/// Longest chunk-size or trailer line followed; longer ones are left to hyper to reject.
+const LINE_MAX: usize = 4096;
+
+/// Wraps a client connection; see the module docs.
+pub struct FramingGuard<S> {
+    inner: S,
+    state: State,
+    /// The head being read (only while in `State::Head`).
+    head: Vec<u8>,
+    head_max: usize,
+}
+
+enum State {
+    Head,
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkEnd(u8),
+    Trailer(Vec<u8>),
+    /// Upgraded or not followed any more: bytes pass through unchecked.
+    Tunnel,
+    /// A bad head was poisoned: the connection is over.
+    Rejected,
+}
+
+enum Verdict {
+    Ok(State),
+    Reject,
+}
+
+impl<S> FramingGuard<S> {
+    pub fn new(inner: S, head_max: usize) -> Self {
+        FramingGuard {
+            inner,
+            state: State::Head,
+            head: Vec::new(),
+            head_max,
+        }
+    }
+
+    /// Follows `data`; returns the offset where a rejected head's bytes start in `data`.
+    fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < data.len() {
+            match &mut self.state {
+                State::Tunnel | State::Rejected => return None,
+                State::Head => {
+                    let start = i;
+                    // Skip blank lines between requests (RFC 9112 §2.2 allows them).
+                    if self.head.is_empty() && (data[i] == b'\r' || data[i] == b'\n') {
+                        i += 1;
+                        continue;
+                    }
+                    while i < data.len() {
+                        self.head.push(data[i]);
+                        i += 1;
+                        if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
+                            break;
+                        }
+                    }
+                    if self.head.len() > self.head_max {
+                        // hyper rejects oversized heads itself.
+                        self.state = State::Tunnel;
+                        self.head = Vec::new();
+                        return None;
+                    }
+                    if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
+                        let head = std::mem::take(&mut self.head);
+                        match judge(&head) {
+                            Verdict::Ok(next) => self.state = next,
+                            Verdict::Reject => {
+                                self.state = State::Rejected;
+                                return Some(start);
+                            }
+                        }
+                    }
+                }
+                State::Body(n) => {
+                    let take = (*n).min((data.len() - i) as u64);
+                    *n -= take;
+                    i += take as usize;
+                    if *n == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::ChunkSize(line) => {
+                    let b = data[i];
+                    i += 1;
+                    line.push(b);
+                    if b == b'\n' {
+                        let text = String::from_utf8_lossy(line);
+                        let hex = text.split(';').next().unwrap_or("").trim();
+                        match u64::from_str_radix(hex, 16) {
+                            Ok(0) => self.state = State::Trailer(Vec::new()),
+                            Ok(n) => self.state = State::ChunkData(n),
+                            Err(_) => self.state = State::Tunnel,
+                        }
+                    } else if line.len() > LINE_MAX {
+                        self.state = State::Tunnel;
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (*n).min((data.len() - i) as u64);
+                    *n -= take;
+                    i += take as usize;
+                    if *n == 0 {
+                        self.state = State::ChunkEnd(2);
+                    }
+                }
+                State::ChunkEnd(left) => {
+                    i += 1;
+                    *left -= 1;
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailer(line) => {
+                    let b = data[i];
+                    i += 1;
+                    line.push(b);
+                    if b == b'\n' {
+                        if line == b"\r\n" || line == b"\n" {
+                            self.state = State::Head;
+                        } else {
+                            line.clear();
+                        }
+                    } else if line.len() > LINE_MAX {
+                        self.state = State::Tunnel;
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Decides what follows a complete request head.
+fn judge(head: &[u8]) -> Verdict {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // hyper will reject what httparse cannot parse; stop following this connection.
+        _ => return Verdict::Ok(State::Tunnel),
+    }
+    let mut content_lengths = Vec::new();
+    let mut te = None;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_lengths.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if content_lengths.len() > 1 || (te.is_some() && !content_lengths.is_empty()) {
+        return Verdict::Reject;
+    }
+    if upgrade {
+        return Verdict::Ok(State::Tunnel);
+    }
+    if te.is_some() {
+        return Verdict::Ok(State::ChunkSize(Vec::new()));
+    }
+    match content_lengths.first() {
+        None => Verdict::Ok(State::Head),
+        Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(0) => Verdict::Ok(State::Head),
+            Some(n) => Verdict::Ok(State::Body(n)),
+            None => Verdict::Reject,
+        },
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if matches!(this.state, State::Rejected) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        if matches!(this.state, State::Tunnel) {
+            return Poll::Ready(Ok(()));
+        }
+        let new = buf.filled()[before..].to_vec();
+        if let Some(at) = this.scan(&new) {
+            buf.set_filled(before + at);
+            let room = buf.remaining().min(POISON.len());
+            buf.put_slice(&POISON[..room]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn verdict(head: &str) -> bool {
+        matches!(judge(head.as_bytes()), Verdict::Reject)
+    }
+
+    #[test]
+    fn judges_heads() {
+        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"));
+        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"));
+        assert!(!verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!verdict("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn follows_pipelined_requests() {
+        let mut g = FramingGuard::new((), 8192);
+        let stream = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /c HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bad = stream.windows(6).position(|w| w == b"GET /c").unwrap();
+        // Feed byte by byte: framing must be tracked across reads.
+        let mut hit = None;
+        for (i, b) in stream.iter().enumerate() {
+            if let Some(at) = g.scan(&[*b]) {
+                hit = Some(i + at);
+                break;
+            }
+        }
+        assert!(hit.is_some_and(|h| h >= bad), "{hit:?}");
+    }
+}

@@ -1,0 +1,319 @@
+//! GRIP holds end to end (reference §1.8): stream and response holds fed by HTTP publishes.
+
+use std::time::Duration;
+
+use gripd_tests::*;
+use serde_json::json;
+
+/// An origin answering every path with the GRIP headers encoded in the query, e.g.
+/// `/?h=Grip-Hold:stream&h=Grip-Channel:a` — tests describe the origin's answer in the URL.
+async fn grip_origin() -> Origin {
+    origin(|req: http::Request<hyper::body::Incoming>| async move {
+        let q = req.uri().query().unwrap_or("").to_string();
+        let mut headers: Vec<(String, String)> = vec![("Content-Type".into(), "text/plain".into()), ("X-Origin".into(), "1".into())];
+        let mut body = String::from("initial\n");
+        let mut status = 200;
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "h" => {
+                    let (name, value) = v.split_once(':').unwrap();
+                    headers.push((name.to_string(), value.to_string()));
+                }
+                "body" => body = v,
+                "status" => status = v.parse().unwrap(),
+                _ => {}
+            }
+        }
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        resp(status, &hs, body)
+    })
+    .await
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else if b[i] == b'+' {
+            out.push(b' ');
+            i += 1;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn setup(extra: &str) -> (Origin, Proxy) {
+    let o = grip_origin().await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], extra).await;
+    (o, p)
+}
+
+const NO_FIRST_SUB: &str = "[hold]\nupdate_on_first_subscription = false\n";
+
+#[tokio::test]
+async fn stream_hold_sends_initial_then_publishes_then_close() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/s?h=Grip-Hold:stream&h=Grip-Channel:a", &[]).await;
+    assert_eq!(s.status, 200);
+    assert!(s.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
+    assert_eq!(s.headers["x-origin"], "1");
+    assert_eq!(s.headers["transfer-encoding"], "chunked");
+    s.read_until("initial\n").await;
+    p.wait_subscribed("a").await;
+    p.publish_stream("a", "hello\n").await;
+    s.read_until("hello\n").await;
+    let (st, _) = p
+        .publish(json!({"items": [{"channel": "a", "http-stream": {"content-bin": "AAEC"}}]}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = p.publish(json!({"items": [{"channel": "a", "http-stream": {"action": "close"}}]})).await;
+    assert_eq!(st, 200);
+    let all = s.read_to_end().await;
+    assert!(s.received.ends_with(&[0, 1, 2]), "{all:?}");
+    assert_eq!(&s.received[..], b"initial\nhello\n\x00\x01\x02");
+}
+
+#[tokio::test]
+async fn two_channel_headers_and_comma_list_subscribe_both() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s1 = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:a,%20b", &[]).await;
+    let mut s2 = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:a&h=Grip-Channel:b", &[]).await;
+    p.wait_subscribed("a").await;
+    p.wait_subscribed("b").await;
+    p.publish_stream("a", "A\n").await;
+    p.publish_stream("b", "B\n").await;
+    s1.read_until("B\n").await;
+    s2.read_until("B\n").await;
+    assert!(String::from_utf8_lossy(&s1.received).contains("A\n"));
+    assert!(String::from_utf8_lossy(&s2.received).contains("A\n"));
+}
+
+#[tokio::test]
+async fn response_hold_publish_merges_headers() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let client = p.client;
+    let req = tokio::spawn(async move {
+        request(client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:lp&h=X-Longpoll:timeout&body=timeout", &[], "").await
+    });
+    p.wait_subscribed("lp").await;
+    let (st, _) = p
+        .publish(json!({"items": [{"channel": "lp", "http-response": {"code": 200, "headers": {"X-Pub": "1", "Content-Type": "application/json"}, "body": "{\"x\":1}"}}]}))
+        .await;
+    assert_eq!(st, 200);
+    let r = req.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "{\"x\":1}");
+    assert_eq!(r.headers["x-longpoll"], "timeout");
+    assert_eq!(r.headers["x-pub"], "1");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert!(r.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
+}
+
+#[tokio::test]
+async fn response_hold_code_reason_and_first_publish_wins() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let client = p.client;
+    let req = tokio::spawn(async move { request(client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:lp2", &[], "").await });
+    p.wait_subscribed("lp2").await;
+    p.publish(json!({"items": [
+        {"channel": "lp2", "http-response": {"code": 404, "reason": "Nope", "body": "first"}},
+        {"channel": "lp2", "http-response": {"body": "second"}}
+    ]}))
+    .await;
+    let r = req.await.unwrap();
+    assert_eq!((r.status, r.reason.as_str(), &r.body[..]), (404, "Nope", &b"first"[..]));
+}
+
+#[tokio::test]
+async fn response_hold_times_out_with_origin_response() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let started = std::time::Instant::now();
+    // Grip-Timeout 1 is raised to the 5 s minimum.
+    let r = request(
+        p.client,
+        "GET",
+        "/?h=Grip-Hold:response&h=Grip-Channel:t&h=Grip-Timeout:1&h=Grip-Status:304&body=orig",
+        &[],
+        "",
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(4900) && took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(r.status, 304);
+    assert!(r.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
+}
+
+#[tokio::test]
+async fn response_hold_timeout_returns_origin_body() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let r = request(p.client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:t2&h=Grip-Timeout:5&body=orig%20body", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "orig body");
+    assert_eq!(r.headers["x-origin"], "1");
+}
+
+#[tokio::test]
+async fn instruction_errors_give_502() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    for q in [
+        "h=Grip-Hold:response&h=Grip-Channel:a&h=Grip-Timeout:abc",
+        "h=Grip-Hold:response&h=Grip-Channel:a&h=Grip-Timeout:-1",
+        "h=Grip-Hold:Stream&h=Grip-Channel:a",
+        "h=Grip-Hold:stream&h=Grip-Channel:a&h=Grip-Keep-Alive:x;%20format=hex",
+        "h=Grip-Hold:stream&h=Grip-Channel:a&h=Grip-Keep-Alive:x;%20mode=foo",
+    ] {
+        let r = request(p.client, "GET", &format!("/?{q}"), &[], "").await;
+        assert_eq!(r.status, 502, "{q}");
+        assert_eq!(r.body, "Error while proxying to origin.\n", "{q}");
+    }
+    // gripd keeps serving.
+    let r = request(p.client, "GET", "/", &[], "").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn grip_status_and_meta_only_response_passes_without_grip_headers() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let r = request(p.client, "GET", "/?h=Grip-Status:404%20Nothing%20To%20See%20Here&body=gone", &[], "").await;
+    assert_eq!((r.status, r.reason.as_str()), (404, "Nothing To See Here"));
+    assert_eq!(r.body, "gone");
+    assert!(r.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
+}
+
+#[tokio::test]
+async fn keep_alive_idle_and_base64() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:ka&h=Grip-Keep-Alive:cGluZzMK;%20format=base64;%20timeout=1", &[]).await;
+    let started = std::time::Instant::now();
+    s.read_until("initial\nping3\n").await;
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    s.read_until("ping3\nping3\n").await;
+}
+
+#[tokio::test]
+async fn keep_alive_cstring_interval_mode_fires_while_data_flows() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:kb&h=Grip-Keep-Alive:ka%5Cn;%20format=cstring;%20timeout=2;%20mode=interval", &[]).await;
+    p.wait_subscribed("kb").await;
+    let deadline = std::time::Instant::now() + Duration::from_millis(2600);
+    while std::time::Instant::now() < deadline {
+        p.publish_stream("kb", "d\n").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.read_until("ka\n").await;
+}
+
+#[tokio::test]
+async fn json_instruct_stream_and_no_hold() {
+    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        let body = if req.uri().path() == "/hold" {
+            json!({"hold": {"mode": "stream", "channels": [{"name": "j"}]}, "response": {"code": 200, "headers": {"Content-Type": "text/plain"}, "body": "from-json\n"}})
+        } else if req.uri().path() == "/nohold" {
+            json!({"response": {"code": 202, "body": "plain"}})
+        } else {
+            json!({"hold": {"mode": "response", "channels": [{"name": "j2"}]}})
+        };
+        let status = if req.uri().path() == "/bad" { 201 } else { 200 };
+        resp(status, &[("Content-Type", "application/grip-instruct; charset=utf-8")], body.to_string())
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/hold", &[]).await;
+    s.read_until("from-json\n").await;
+    p.wait_subscribed("j").await;
+    p.publish_stream("j", "more\n").await;
+    s.read_until("more\n").await;
+    let r = request(p.client, "GET", "/nohold", &[], "").await;
+    assert_eq!((r.status, &r.body[..]), (202, &b"plain"[..]));
+    let r = request(p.client, "GET", "/bad", &[], "").await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn response_hold_body_over_limit_is_502() {
+    let o = origin(|_req| async move {
+        resp(200, &[("Grip-Hold", "response"), ("Grip-Channel", "big")], vec![b'a'; 150_000])
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
+    let r = request(p.client, "GET", "/", &[], "").await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn stream_hold_initial_body_of_5mb_is_delivered() {
+    let o = origin(|_req| async move {
+        resp(200, &[("Grip-Hold", "stream"), ("Grip-Channel", "five")], vec![b'b'; 5 * 1024 * 1024])
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/", &[]).await;
+    p.wait_subscribed("five").await;
+    p.publish_stream("five", "END").await;
+    s.read_until("END").await;
+    assert_eq!(s.received.len(), 5 * 1024 * 1024 + 3);
+}
+
+#[tokio::test]
+async fn route_prefix_applies_to_channels() {
+    let o = grip_origin().await;
+    let p = Proxy::start(&[format!("*,prefix=app1- {}", o.addr)], NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:c", &[]).await;
+    p.wait_subscribed("app1-c").await;
+    p.publish_stream("c", "wrong\n").await;
+    p.publish_stream("app1-c", "right\n").await;
+    let got = s.read_until("right\n").await;
+    assert!(!got.contains("wrong"));
+}
+
+#[tokio::test]
+async fn slow_client_does_not_delay_others() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    // A client that never reads: raw socket, request sent, nothing read.
+    let mut stuck = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET /?h=Grip-Hold:stream&h=Grip-Channel:slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut good = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:slow", &[]).await;
+    p.wait_subscribed("slow").await;
+    while p.running.as_ref().unwrap().metrics.subscriptions_active.get() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let big = "x".repeat(64 * 1024);
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        p.publish_stream("slow", &format!("{big}{i:04}\n")).await;
+    }
+    good.read_until("0199\n").await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(p.running.as_ref().unwrap().metrics.dropped_queue_full.get() > 0);
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn connection_subscription_max_truncates() {
+    let (_o, p) = setup("[hold]\nupdate_on_first_subscription = false\nconnection_subscription_max = 2\n").await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:m1,m2,m3", &[]).await;
+    p.wait_subscribed("m2").await;
+    assert!(!p.running.as_ref().unwrap().hub.has_channel("m3"));
+    p.publish_stream("m2", "two\n").await;
+    s.read_until("two\n").await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_held_streams() {
+    let (_o, mut p) = setup(NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:bye", &[]).await;
+    p.wait_subscribed("bye").await;
+    let running = p.running.take().unwrap();
+    let clean = running.shutdown(Duration::from_secs(5)).await;
+    assert!(clean);
+    s.read_to_end().await;
+}
