@@ -1,1 +1,4 @@
 //! grip: the GRIP protocol, no I/O.
+
+pub mod header;
+pub mod tnetstring;
