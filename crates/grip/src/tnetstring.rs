@@ -208,7 +208,7 @@ fn parse_at_depth(input: &[u8], depth: usize) -> Result<(Tn, &[u8]), TnError> {
 }
 
 fn encode_into(value: &Tn, out: &mut Vec<u8>) {
-    let mut frame = |payload: &[u8], kind: u8, out: &mut Vec<u8>| {
+    let frame = |payload: &[u8], kind: u8, out: &mut Vec<u8>| {
         out.extend_from_slice(payload.len().to_string().as_bytes());
         out.push(b':');
         out.extend_from_slice(payload);
