@@ -1,4 +1,6 @@
 //! grip: the GRIP protocol, no I/O.
 
 pub mod header;
+pub mod instruct;
 pub mod tnetstring;
+mod value;
