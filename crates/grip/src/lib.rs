@@ -2,5 +2,6 @@
 
 pub mod header;
 pub mod instruct;
+pub mod publish;
 pub mod tnetstring;
 mod value;
