@@ -278,7 +278,13 @@ mod tests {
 
     #[test]
     fn delivery() {
-        let cases: &[(&[&str], &[(&str, &str)], &[(&str, &str)], bool)] = &[
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            bool,
+        );
+        let cases: &[Case<'_>] = &[
             (
                 &["skip-self"],
                 &[("user", "alice")],

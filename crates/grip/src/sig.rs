@@ -73,7 +73,7 @@ impl SigKey {
     /// surrounding whitespace ignored. PEM files are not supported.
     pub fn from_file_contents(contents: &[u8]) -> Result<Self, SigKeyError> {
         let text = contents.trim_ascii();
-        if text.starts_with(b"-----") || text.len() % 2 != 0 {
+        if text.starts_with(b"-----") || text.len() % 2 == 1 {
             return Err(SigKeyError::UnsupportedFile);
         }
         let secret = text
