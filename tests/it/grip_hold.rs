@@ -10,7 +10,10 @@ use serde_json::json;
 async fn grip_origin() -> Origin {
     origin(|req: http::Request<hyper::body::Incoming>| async move {
         let q = req.uri().query().unwrap_or("").to_string();
-        let mut headers: Vec<(String, String)> = vec![("Content-Type".into(), "text/plain".into()), ("X-Origin".into(), "1".into())];
+        let mut headers: Vec<(String, String)> = vec![
+            ("Content-Type".into(), "text/plain".into()),
+            ("X-Origin".into(), "1".into()),
+        ];
         let mut body = String::from("initial\n");
         let mut status = 200;
         for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -26,7 +29,10 @@ async fn grip_origin() -> Origin {
                 _ => {}
             }
         }
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         resp(status, &hs, body)
     })
     .await
@@ -37,7 +43,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+        if b[i] == b'%' && i + 2 < b.len() {
             out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
             i += 3;
         } else if b[i] == b'+' {
@@ -75,7 +81,9 @@ async fn stream_hold_sends_initial_then_publishes_then_close() {
         .publish(json!({"items": [{"channel": "a", "http-stream": {"content-bin": "AAEC"}}]}))
         .await;
     assert_eq!(st, 200);
-    let (st, _) = p.publish(json!({"items": [{"channel": "a", "http-stream": {"action": "close"}}]})).await;
+    let (st, _) = p
+        .publish(json!({"items": [{"channel": "a", "http-stream": {"action": "close"}}]}))
+        .await;
     assert_eq!(st, 200);
     let all = s.read_to_end().await;
     assert!(s.received.ends_with(&[0, 1, 2]), "{all:?}");
@@ -86,7 +94,12 @@ async fn stream_hold_sends_initial_then_publishes_then_close() {
 async fn two_channel_headers_and_comma_list_subscribe_both() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
     let mut s1 = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:a,%20b", &[]).await;
-    let mut s2 = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:a&h=Grip-Channel:b", &[]).await;
+    let mut s2 = Stream::open(
+        p.client,
+        "/?h=Grip-Hold:stream&h=Grip-Channel:a&h=Grip-Channel:b",
+        &[],
+    )
+    .await;
     p.wait_subscribed("a").await;
     p.wait_subscribed("b").await;
     p.publish_stream("a", "A\n").await;
@@ -102,7 +115,14 @@ async fn response_hold_publish_merges_headers() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
     let client = p.client;
     let req = tokio::spawn(async move {
-        request(client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:lp&h=X-Longpoll:timeout&body=timeout", &[], "").await
+        request(
+            client,
+            "GET",
+            "/?h=Grip-Hold:response&h=Grip-Channel:lp&h=X-Longpoll:timeout&body=timeout",
+            &[],
+            "",
+        )
+        .await
     });
     p.wait_subscribed("lp").await;
     let (st, _) = p
@@ -122,7 +142,16 @@ async fn response_hold_publish_merges_headers() {
 async fn response_hold_code_reason_and_first_publish_wins() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
     let client = p.client;
-    let req = tokio::spawn(async move { request(client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:lp2", &[], "").await });
+    let req = tokio::spawn(async move {
+        request(
+            client,
+            "GET",
+            "/?h=Grip-Hold:response&h=Grip-Channel:lp2",
+            &[],
+            "",
+        )
+        .await
+    });
     p.wait_subscribed("lp2").await;
     p.publish(json!({"items": [
         {"channel": "lp2", "http-response": {"code": 404, "reason": "Nope", "body": "first"}},
@@ -130,7 +159,10 @@ async fn response_hold_code_reason_and_first_publish_wins() {
     ]}))
     .await;
     let r = req.await.unwrap();
-    assert_eq!((r.status, r.reason.as_str(), &r.body[..]), (404, "Nope", &b"first"[..]));
+    assert_eq!(
+        (r.status, r.reason.as_str(), &r.body[..]),
+        (404, "Nope", &b"first"[..])
+    );
 }
 
 #[tokio::test]
@@ -147,7 +179,10 @@ async fn response_hold_times_out_with_origin_response() {
     )
     .await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(4900) && took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(4900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
     assert_eq!(r.status, 304);
     assert!(r.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
 }
@@ -155,7 +190,14 @@ async fn response_hold_times_out_with_origin_response() {
 #[tokio::test]
 async fn response_hold_timeout_returns_origin_body() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
-    let r = request(p.client, "GET", "/?h=Grip-Hold:response&h=Grip-Channel:t2&h=Grip-Timeout:5&body=orig%20body", &[], "").await;
+    let r = request(
+        p.client,
+        "GET",
+        "/?h=Grip-Hold:response&h=Grip-Channel:t2&h=Grip-Timeout:5&body=orig%20body",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "orig body");
     assert_eq!(r.headers["x-origin"], "1");
@@ -183,7 +225,14 @@ async fn instruction_errors_give_502() {
 #[tokio::test]
 async fn grip_status_and_meta_only_response_passes_without_grip_headers() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
-    let r = request(p.client, "GET", "/?h=Grip-Status:404%20Nothing%20To%20See%20Here&body=gone", &[], "").await;
+    let r = request(
+        p.client,
+        "GET",
+        "/?h=Grip-Status:404%20Nothing%20To%20See%20Here&body=gone",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!((r.status, r.reason.as_str()), (404, "Nothing To See Here"));
     assert_eq!(r.body, "gone");
     assert!(r.headers.keys().all(|k| !k.as_str().starts_with("grip-")));
@@ -241,7 +290,11 @@ async fn json_instruct_stream_and_no_hold() {
 #[tokio::test]
 async fn response_hold_body_over_limit_is_502() {
     let o = origin(|_req| async move {
-        resp(200, &[("Grip-Hold", "response"), ("Grip-Channel", "big")], vec![b'a'; 150_000])
+        resp(
+            200,
+            &[("Grip-Hold", "response"), ("Grip-Channel", "big")],
+            vec![b'a'; 150_000],
+        )
     })
     .await;
     let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
@@ -252,7 +305,11 @@ async fn response_hold_body_over_limit_is_502() {
 #[tokio::test]
 async fn stream_hold_initial_body_of_5mb_is_delivered() {
     let o = origin(|_req| async move {
-        resp(200, &[("Grip-Hold", "stream"), ("Grip-Channel", "five")], vec![b'b'; 5 * 1024 * 1024])
+        resp(
+            200,
+            &[("Grip-Hold", "stream"), ("Grip-Channel", "five")],
+            vec![b'b'; 5 * 1024 * 1024],
+        )
     })
     .await;
     let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
@@ -280,27 +337,61 @@ async fn slow_client_does_not_delay_others() {
     let (_o, p) = setup(NO_FIRST_SUB).await;
     // A client that never reads: raw socket, request sent, nothing read.
     let mut stuck = tokio::net::TcpStream::connect(p.client).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET /?h=Grip-Hold:stream&h=Grip-Channel:slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stuck,
+        b"GET /?h=Grip-Hold:stream&h=Grip-Channel:slow HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut good = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:slow", &[]).await;
     p.wait_subscribed("slow").await;
-    while p.running.as_ref().unwrap().metrics.subscriptions_active.get() < 2 {
+    while p
+        .running
+        .as_ref()
+        .unwrap()
+        .metrics
+        .subscriptions_active
+        .get()
+        < 2
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let big = "x".repeat(64 * 1024);
     let started = std::time::Instant::now();
+    // The good client reads as data comes; the stuck one never reads.
+    let reader = tokio::spawn(async move {
+        good.read_until("0199\n").await;
+    });
     for i in 0..200 {
         p.publish_stream("slow", &format!("{big}{i:04}\n")).await;
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    good.read_until("0199\n").await;
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("good client starved")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(p.running.as_ref().unwrap().metrics.dropped_queue_full.get() > 0);
     drop(stuck);
 }
 
 #[tokio::test]
 async fn connection_subscription_max_truncates() {
-    let (_o, p) = setup("[hold]\nupdate_on_first_subscription = false\nconnection_subscription_max = 2\n").await;
-    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:m1,m2,m3", &[]).await;
+    let (_o, p) =
+        setup("[hold]\nupdate_on_first_subscription = false\nconnection_subscription_max = 2\n")
+            .await;
+    let mut s = Stream::open(
+        p.client,
+        "/?h=Grip-Hold:stream&h=Grip-Channel:m1,m2,m3",
+        &[],
+    )
+    .await;
     p.wait_subscribed("m2").await;
     assert!(!p.running.as_ref().unwrap().hub.has_channel("m3"));
     p.publish_stream("m2", "two\n").await;

@@ -13,11 +13,25 @@ async fn answers_like_pushpin() {
         let r = request(p.control, "POST", path, &[], ok.clone()).await;
         assert_eq!((r.status, &r.body[..]), (200, &b"Published\n"[..]));
     }
-    let r = request(p.control, "POST", "/publish/", &[("Accept", "application/json")], ok.clone()).await;
+    let r = request(
+        p.control,
+        "POST",
+        "/publish/",
+        &[("Accept", "application/json")],
+        ok.clone(),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v, json!({"message": "Published"}));
-    let r = request(p.control, "POST", "/publish/", &[("Accept", "image/png")], ok.clone()).await;
+    let r = request(
+        p.control,
+        "POST",
+        "/publish/",
+        &[("Accept", "image/png")],
+        ok.clone(),
+    )
+    .await;
     assert_eq!(r.status, 406);
     let r = request(p.control, "GET", "/publish/", &[], "").await;
     assert_eq!(r.status, 405);
@@ -32,8 +46,14 @@ async fn answers_like_pushpin() {
 
 #[tokio::test]
 async fn bad_input_is_rejected_and_nothing_delivered() {
-    let o = origin(|_req| async { resp(200, &[("Grip-Hold", "stream"), ("Grip-Channel", "bad")], "") }).await;
-    let p = Proxy::start(&[format!("* {}", o.addr)], "[hold]\nupdate_on_first_subscription = false\n").await;
+    let o =
+        origin(|_req| async { resp(200, &[("Grip-Hold", "stream"), ("Grip-Channel", "bad")], "") })
+            .await;
+    let p = Proxy::start(
+        &[format!("* {}", o.addr)],
+        "[hold]\nupdate_on_first_subscription = false\n",
+    )
+    .await;
     let mut s = Stream::open(p.client, "/", &[]).await;
     p.wait_subscribed("bad").await;
     let cases: Vec<(String, &str)> = vec![
@@ -51,15 +71,22 @@ async fn bad_input_is_rejected_and_nothing_delivered() {
         let r = request(p.control, "POST", "/publish/", &[], body.clone()).await;
         assert_eq!(r.status, 400, "{body}");
         let text = String::from_utf8_lossy(&r.body);
-        assert!(text.ends_with('\n') && !text.trim().is_empty(), "{body}: {text:?}");
+        assert!(
+            text.ends_with('\n') && !text.trim().is_empty(),
+            "{body}: {text:?}"
+        );
         if !expected.is_empty() {
             assert_eq!(text, expected, "{body}");
         }
     }
-    let big = format!("{{\"items\": [{{\"channel\": \"bad\", \"http-stream\": {{\"content\": \"{}\"}}}}]}}", "x".repeat(1_000_001));
+    let big = format!(
+        "{{\"items\": [{{\"channel\": \"bad\", \"http-stream\": {{\"content\": \"{}\"}}}}]}}",
+        "x".repeat(1_000_001)
+    );
     let r = request(p.control, "POST", "/publish/", &[], big).await;
     assert_eq!(r.status, 413);
-    s.expect_silence(std::time::Duration::from_millis(300)).await;
+    s.expect_silence(std::time::Duration::from_millis(300))
+        .await;
     // Still serving: a good publish arrives.
     p.publish_stream("bad", "good\n").await;
     let got = s.read_until("good\n").await;

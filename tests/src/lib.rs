@@ -26,7 +26,9 @@ pub use gripd::origin::{empty, full, Body, BoxError};
 /// Default bound for any single wait in tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
 
 /// A running origin stub.
 pub struct Origin {
@@ -60,7 +62,9 @@ where
     let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -107,14 +111,23 @@ impl Proxy {
         init_log();
         let mut text = String::from(toml);
         if let Some(f) = routes_file {
-            text = format!("{text}\n[proxy]\nroutes_file = {:?}\n", f.display().to_string());
+            text = format!(
+                "{text}\n[proxy]\nroutes_file = {:?}\n",
+                f.display().to_string()
+            );
         }
         let overrides = gripd::config::Overrides {
             routes: routes.to_vec(),
             ..Default::default()
         };
-        let config = gripd::config::Config::from_toml_str(&text, Path::new("."), &BTreeMap::new(), &overrides, None)
-            .unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let config = gripd::config::Config::from_toml_str(
+            &text,
+            Path::new("."),
+            &BTreeMap::new(),
+            &overrides,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("bad test config: {e}"));
         let (routes, errors) = gripd::app::load_routes(&config).unwrap();
         assert!(errors.is_empty(), "route errors: {errors:?}");
         let listeners = gripd::app::Listeners {
@@ -131,7 +144,14 @@ impl Proxy {
 
     /// Publishes a JSON body to `/publish/`; returns status and body.
     pub async fn publish(&self, body: serde_json::Value) -> (u16, String) {
-        let r = request(self.control, "POST", "/publish/", &[("Content-Type", "application/json")], body.to_string()).await;
+        let r = request(
+            self.control,
+            "POST",
+            "/publish/",
+            &[("Content-Type", "application/json")],
+            body.to_string(),
+        )
+        .await;
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
@@ -174,10 +194,18 @@ pub struct Reply {
 }
 
 /// Sends one request with hyper's client and reads the whole response (bounded by `WAIT`).
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     tokio::time::timeout(WAIT, async {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let mut req = Request::builder().method(method).uri(path);
         let mut has_host = false;
@@ -188,7 +216,10 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
         if !has_host {
             req = req.header("host", addr.to_string());
         }
-        let resp = sender.send_request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let resp = sender
+            .send_request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let reason = resp
             .extensions()
@@ -197,7 +228,12 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
             .unwrap_or_else(|| resp.status().canonical_reason().unwrap_or("").to_string());
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, reason, headers, body }
+        Reply {
+            status,
+            reason,
+            headers,
+            body,
+        }
     })
     .await
     .expect("request timed out")
@@ -217,16 +253,29 @@ impl Stream {
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
         tokio::time::timeout(WAIT, async {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
-            let mut req = Request::builder().uri(path).header("host", addr.to_string());
+            let mut req = Request::builder()
+                .uri(path)
+                .header("host", addr.to_string());
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            let resp = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+            let resp = sender
+                .send_request(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            Stream { status, headers, body: resp.into_body(), received: Vec::new(), _sender: sender }
+            Stream {
+                status,
+                headers,
+                body: resp.into_body(),
+                received: Vec::new(),
+                _sender: sender,
+            }
         })
         .await
         .expect("stream open timed out")
@@ -238,14 +287,22 @@ impl Stream {
         while !String::from_utf8_lossy(&self.received).contains(needle) {
             let frame = tokio::time::timeout_at(deadline, self.body.frame())
                 .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {:?}", String::from_utf8_lossy(&self.received)));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out waiting for {needle:?}; got {:?}",
+                        String::from_utf8_lossy(&self.received)
+                    )
+                });
             match frame {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         self.received.extend_from_slice(&d);
                     }
                 }
-                other => panic!("stream ended ({other:?}) waiting for {needle:?}; got {:?}", String::from_utf8_lossy(&self.received)),
+                other => panic!(
+                    "stream ended ({other:?}) waiting for {needle:?}; got {:?}",
+                    String::from_utf8_lossy(&self.received)
+                ),
             }
         }
         String::from_utf8_lossy(&self.received).into_owned()
@@ -255,7 +312,10 @@ impl Stream {
     pub async fn read_to_end(&mut self) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout_at(deadline, self.body.frame()).await.expect("stream did not end") {
+            match tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .expect("stream did not end")
+            {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         self.received.extend_from_slice(&d);

@@ -60,7 +60,9 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Loads routes from `--route` lines or the routes file.
 pub fn load_routes(config: &Config) -> Result<(Routes, Vec<RouteError>), String> {
     match &config.routes_file {
-        None => Ok(Routes::from_lines(config.route_lines.iter().map(String::as_str))),
+        None => Ok(Routes::from_lines(
+            config.route_lines.iter().map(String::as_str),
+        )),
         Some(path) => std::fs::read_to_string(path)
             .map(|text| Routes::parse(&text))
             .map_err(|e| format!("cannot read routes file {}: {e}", path.display())),
@@ -242,7 +244,10 @@ impl Running {
         if clean {
             tracing::info!("shutdown complete");
         } else {
-            tracing::warn!(?deadline, "shutdown deadline passed, closing remaining connections");
+            tracing::warn!(
+                ?deadline,
+                "shutdown deadline passed, closing remaining connections"
+            );
         }
         clean
     }

@@ -292,6 +292,9 @@ impl std::error::Error for ConfigErrors {}
 
 // === impl Config ===
 
+/// Reads a `file:` secret (injected so config parsing does no I/O of its own).
+pub type SecretReader = dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
+
 /// Sections the file may contain; environment overrides `GRIPD_<SECTION>_<KEY>` target these.
 const SECTIONS: &[&str] = &["server", "proxy", "publish", "hold", "log"];
 
@@ -311,7 +314,7 @@ impl Config {
         base_dir: &Path,
         env: &BTreeMap<String, String>,
         overrides: &Overrides,
-        read_secret: Option<&dyn Fn(&Path) -> std::io::Result<Vec<u8>>>,
+        read_secret: Option<&SecretReader>,
     ) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
         let mut table: toml::Table = match text.parse() {
@@ -337,7 +340,7 @@ impl Config {
         raw: RawConfig,
         base_dir: &Path,
         ov: &Overrides,
-        read_secret: Option<&dyn Fn(&Path) -> std::io::Result<Vec<u8>>>,
+        read_secret: Option<&SecretReader>,
         errors: &mut Vec<ConfigError>,
     ) -> Config {
         let mut err = |key: &str, message: String| {
@@ -354,7 +357,10 @@ impl Config {
         let offset = ov.port_offset.or(raw.server.port_offset).unwrap_or(0);
         let shifted = |port: u16, key: &str, err: &mut dyn FnMut(&str, String)| -> u16 {
             port.checked_add(offset).unwrap_or_else(|| {
-                err(key, format!("port {port} plus port offset {offset} exceeds 65535"));
+                err(
+                    key,
+                    format!("port {port} plus port offset {offset} exceeds 65535"),
+                );
                 port
             })
         };
@@ -373,7 +379,10 @@ impl Config {
                 .collect()
         } else if let Some(addrs) = &raw.server.http_addrs {
             if addrs.is_empty() {
-                err("server.http_addrs", "at least one address is required".into());
+                err(
+                    "server.http_addrs",
+                    "at least one address is required".into(),
+                );
             }
             addrs
                 .iter()
@@ -395,7 +404,10 @@ impl Config {
             "server.max_connections",
             &mut err,
         );
-        let client_head_max = raw.server.client_head_max.unwrap_or(DEFAULT_CLIENT_HEAD_MAX);
+        let client_head_max = raw
+            .server
+            .client_head_max
+            .unwrap_or(DEFAULT_CLIENT_HEAD_MAX);
         if client_head_max < 8192 {
             err(
                 "server.client_head_max",
@@ -528,12 +540,18 @@ impl Config {
             .zmq_command
             .clone()
             .unwrap_or_else(|| zmq_default(DEFAULT_ZMQ_COMMAND_PORT, &mut err));
-        for (key, spec) in [("publish.zmq_pull", &zmq_pull), ("publish.zmq_command", &zmq_command)]
-            .into_iter()
-            .chain(zmq_sub.iter().map(|s| ("publish.zmq_sub", s)))
+        for (key, spec) in [
+            ("publish.zmq_pull", &zmq_pull),
+            ("publish.zmq_command", &zmq_command),
+        ]
+        .into_iter()
+        .chain(zmq_sub.iter().map(|s| ("publish.zmq_sub", s)))
         {
-            if !spec.is_empty() && !(spec.starts_with("tcp://") || spec.starts_with("ipc://")) {
-                err(key, format!("expected a tcp:// or ipc:// spec (got {spec:?})"));
+            if !(spec.is_empty() || spec.starts_with("tcp://") || spec.starts_with("ipc://")) {
+                err(
+                    key,
+                    format!("expected a tcp:// or ipc:// spec (got {spec:?})"),
+                );
             }
         }
 
@@ -638,16 +656,17 @@ impl Config {
 }
 
 /// Applies `GRIPD_<SECTION>_<KEY>` environment overrides to the parsed table.
-fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) {
+fn apply_env(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+    errors: &mut Vec<ConfigError>,
+) {
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("GRIPD_") else {
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS
-            .iter()
-            .find(|s| rest.starts_with(&format!("{s}_")))
-        else {
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
             continue;
         };
         let key = &rest[section.len() + 1..];
@@ -771,7 +790,9 @@ fn parse_xff(rule: &str) -> Result<Vec<ForwardedForStep>, String> {
                 .map_err(|_| format!("bad truncate count in {part:?}"))?;
             steps.push(ForwardedForStep::Truncate(n));
         } else {
-            return Err(format!("unknown step {part:?} (expected truncate:N or append)"));
+            return Err(format!(
+                "unknown step {part:?} (expected truncate:N or append)"
+            ));
         }
     }
     Ok(steps)
@@ -797,7 +818,7 @@ fn normalize_log_level(s: &str) -> Result<String, String> {
 pub fn resolve_secret(
     spec: &str,
     base_dir: &Path,
-    read_secret: Option<&dyn Fn(&Path) -> std::io::Result<Vec<u8>>>,
+    read_secret: Option<&SecretReader>,
 ) -> Result<Vec<u8>, String> {
     use base64::Engine;
     if let Some(b64) = spec.strip_prefix("base64:") {
@@ -830,7 +851,13 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::from_toml_str(text, Path::new("/etc/gripd"), &BTreeMap::new(), &Overrides::default(), None)
+        Config::from_toml_str(
+            text,
+            Path::new("/etc/gripd"),
+            &BTreeMap::new(),
+            &Overrides::default(),
+            None,
+        )
     }
 
     #[test]
@@ -883,8 +910,14 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         let mut env = BTreeMap::new();
-        env.insert("GRIPD_PUBLISH_HTTP_ADDR".to_string(), "127.0.0.1:9999".to_string());
-        env.insert("GRIPD_HOLD_CONNECTION_QUEUE_MAX".to_string(), "7".to_string());
+        env.insert(
+            "GRIPD_PUBLISH_HTTP_ADDR".to_string(),
+            "127.0.0.1:9999".to_string(),
+        );
+        env.insert(
+            "GRIPD_HOLD_CONNECTION_QUEUE_MAX".to_string(),
+            "7".to_string(),
+        );
         env.insert("GRIPD_LOG".to_string(), "debug".to_string());
         let c = Config::from_toml_str(
             "[publish]\nhttp_addr = \"127.0.0.1:1\"\n",
@@ -920,18 +953,27 @@ mod tests {
 
     #[test]
     fn listen_addr_forms() {
-        assert_eq!(parse_listen_addr("8080", "0.0.0.0").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            parse_listen_addr("8080", "0.0.0.0").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
         assert_eq!(
             parse_listen_addr("127.0.0.1:8080", "0.0.0.0").unwrap(),
             "127.0.0.1:8080".parse().unwrap()
         );
-        assert_eq!(parse_listen_addr("[::1]:80", "0.0.0.0").unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(
+            parse_listen_addr("[::1]:80", "0.0.0.0").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
         assert!(parse_listen_addr("x:y", "0.0.0.0").is_err());
     }
 
     #[test]
     fn log_levels() {
         assert_eq!(normalize_log_level("3").unwrap(), "debug");
-        assert_eq!(normalize_log_level("gripd=trace,info").unwrap(), "gripd=trace,info");
+        assert_eq!(
+            normalize_log_level("gripd=trace,info").unwrap(),
+            "gripd=trace,info"
+        );
     }
 }

@@ -52,16 +52,32 @@ impl ProxyError {
     pub fn response(&self, debug: bool) -> Response<Body> {
         let (status, body) = match self {
             ProxyError::BadRequest(m) => (StatusCode::BAD_REQUEST, format!("{m}\n")),
-            ProxyError::NoRoute(host) => (StatusCode::BAD_GATEWAY, format!("No route for host: {host}\n")),
+            ProxyError::NoRoute(host) => (
+                StatusCode::BAD_GATEWAY,
+                format!("No route for host: {host}\n"),
+            ),
             ProxyError::OriginTimeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
-                if debug { format!("{self}\n") } else { "Timed out waiting for origin.\n".into() },
+                if debug {
+                    format!("{self}\n")
+                } else {
+                    "Timed out waiting for origin.\n".into()
+                },
             ),
-            ProxyError::OriginConnect(..) | ProxyError::OriginFailed(..) | ProxyError::Instruct(_) => (
+            ProxyError::OriginConnect(..)
+            | ProxyError::OriginFailed(..)
+            | ProxyError::Instruct(_) => (
                 StatusCode::BAD_GATEWAY,
-                if debug { format!("{self}\n") } else { ORIGIN_ERROR_BODY.into() },
+                if debug {
+                    format!("{self}\n")
+                } else {
+                    ORIGIN_ERROR_BODY.into()
+                },
             ),
-            ProxyError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.\n".into()),
+            ProxyError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error.\n".into(),
+            ),
         };
         text_response(status, body)
     }
@@ -80,7 +96,9 @@ impl ProxyError {
 pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
     resp
 }

@@ -188,7 +188,10 @@ fn judge(head: &[u8]) -> Verdict {
     }
     match content_lengths.first() {
         None => Verdict::Ok(State::Head),
-        Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(v) => match std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
             Some(0) => Verdict::Ok(State::Head),
             Some(n) => Verdict::Ok(State::Body(n)),
             None => Verdict::Reject,
@@ -197,7 +200,11 @@ fn judge(head: &[u8]) -> Verdict {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if matches!(this.state, State::Rejected) {
             return Poll::Ready(Ok(()));
@@ -221,7 +228,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -257,11 +268,17 @@ mod tests {
 
     #[test]
     fn judges_heads() {
-        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
-        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"));
+        assert!(verdict(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(verdict(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+        ));
         assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"));
         assert!(!verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
-        assert!(!verdict("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(!verdict(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
     }
 
     #[test]

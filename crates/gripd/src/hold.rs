@@ -27,7 +27,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::error::ProxyError;
 use crate::hub::{Delivery, DeliveryRx, DeliveryTx, Hub, Mode, Subscription, WeakDeliveryTx};
 use crate::metrics::GaugeGuard;
-use crate::origin::{clean_response_headers, full, BoxError, Body, ClientRequest};
+use crate::origin::{clean_response_headers, full, Body, BoxError, ClientRequest};
 use crate::proxy::State;
 use crate::routes::{Route, Target, TargetKind};
 
@@ -46,7 +46,10 @@ pub struct HoldContext {
 }
 
 /// Turns an origin response carrying GRIP instructions into the client's response.
-pub async fn respond(ctx: HoldContext, resp: Response<Incoming>) -> Result<Response<Body>, ProxyError> {
+pub async fn respond(
+    ctx: HoldContext,
+    resp: Response<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = resp.into_parts();
     let needs_body = grip::is_instruct_body(&parts.headers)
         || matches!(
@@ -61,7 +64,12 @@ pub async fn respond(ctx: HoldContext, resp: Response<Incoming>) -> Result<Respo
         let origin = OriginResponse::new(parts.status, &parts.headers, bytes, &instruct);
         return match instruct.hold {
             Some(HoldMode::Response) => Ok(long_poll(ctx, instruct, origin).await),
-            Some(HoldMode::Stream) => stream(ctx, instruct, origin.head(), Some(full(origin.body.clone()))),
+            Some(HoldMode::Stream) => stream(
+                ctx,
+                instruct,
+                origin.head(),
+                Some(full(origin.body.clone())),
+            ),
             None => stream_or_plain(ctx, instruct, origin.head(), full(origin.body.clone())),
         };
     }
@@ -100,7 +108,12 @@ struct OriginResponse {
 }
 
 impl OriginResponse {
-    fn new(status: StatusCode, headers: &HeaderMap, body: Bytes, instruct: &Instruct) -> OriginResponse {
+    fn new(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+        instruct: &Instruct,
+    ) -> OriginResponse {
         let mut status = status;
         let mut headers = headers.clone();
         let mut body = body;
@@ -108,7 +121,10 @@ impl OriginResponse {
             status = StatusCode::from_u16(r.code).unwrap_or(StatusCode::OK);
             headers = HeaderMap::new();
             for (k, v) in &r.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
                     headers.append(k, v);
                 }
             }
@@ -134,7 +150,12 @@ impl OriginResponse {
             status = StatusCode::from_u16(*code).unwrap_or(status);
             reason = r.clone();
         }
-        OriginResponse { status, reason, headers, body }
+        OriginResponse {
+            status,
+            reason,
+            headers,
+            body,
+        }
     }
 
     fn head(&self) -> Response<()> {
@@ -163,7 +184,9 @@ async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(ProxyError::Instruct(format!(
                     "GRIP instruct response too large (over {max} bytes)"
                 )))
@@ -178,7 +201,11 @@ async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
 fn limit_channels(state: &State, mut channels: Vec<ChannelSpec>) -> Vec<ChannelSpec> {
     let max = state.config.connection_subscription_max;
     if channels.len() > max {
-        tracing::warn!(count = channels.len(), max, "too many channels, keeping the first");
+        tracing::warn!(
+            count = channels.len(),
+            max,
+            "too many channels, keeping the first"
+        );
         channels.truncate(max);
     }
     channels
@@ -194,7 +221,11 @@ fn prefixed(route: &Route, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Response holds
 
-async fn long_poll(mut ctx: HoldContext, mut instruct: Instruct, mut origin: OriginResponse) -> Response<Body> {
+async fn long_poll(
+    mut ctx: HoldContext,
+    mut instruct: Instruct,
+    mut origin: OriginResponse,
+) -> Response<Body> {
     let state = ctx.state.clone();
     let _held = GaugeGuard::new(&state.metrics.held_response);
     // Only the hub holds strong senders, so closing the hub (shutdown) ends the wait.
@@ -215,7 +246,11 @@ async fn long_poll(mut ctx: HoldContext, mut instruct: Instruct, mut origin: Ori
         // Subscribe before unsubscribing, so a retried hold never looks like a new channel.
         let old = std::mem::take(&mut subs);
         for c in &channels {
-            subs.push(state.hub.subscribe(&prefixed(&ctx.route, &c.name), Mode::Response, tx.clone()));
+            subs.push(state.hub.subscribe(
+                &prefixed(&ctx.route, &c.name),
+                Mode::Response,
+                tx.clone(),
+            ));
         }
         drop(old);
         weak = tx.downgrade();
@@ -223,9 +258,14 @@ async fn long_poll(mut ctx: HoldContext, mut instruct: Instruct, mut origin: Ori
         let meta: BTreeMap<String, String> = instruct.meta.iter().cloned().collect();
         let deadline = Instant::now() + Duration::from_secs(instruct.timeout_secs);
         // A known last id that differs from the hold's prev-id: the origin is behind, retry now.
-        let mut retry = channels.iter().any(|c| match (&c.prev_id, state.hub.last_id(&prefixed(&ctx.route, &c.name))) {
-            (Some(p), Some(l)) => *p != l,
-            _ => false,
+        let mut retry = channels.iter().any(|c| {
+            match (
+                &c.prev_id,
+                state.hub.last_id(&prefixed(&ctx.route, &c.name)),
+            ) {
+                (Some(p), Some(l)) => *p != l,
+                _ => false,
+            }
         });
         while !retry {
             tokio::select! {
@@ -311,7 +351,10 @@ fn published_response(
 ) -> Response<Body> {
     let mut headers = origin.headers.clone();
     for (k, v) in &fmt.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             if k.as_str().starts_with("grip-") {
                 continue;
             }
@@ -320,7 +363,9 @@ fn published_response(
     }
     headers.remove(header::CONTENT_LENGTH);
     let body = match &fmt.body {
-        ResponseBody::Body(b) => grip::apply_content_filters(filters, fctx, b).unwrap_or_else(|_| b.clone()),
+        ResponseBody::Body(b) => {
+            grip::apply_content_filters(filters, fctx, b.clone()).unwrap_or_else(|_| b.clone())
+        }
         ResponseBody::Patch(patch) => patch_body(&origin.body, patch),
     };
     let _ = item;
@@ -363,7 +408,10 @@ fn grip_last_value(channel: &str, id: &str) -> Option<(HeaderName, HeaderValue)>
 }
 
 fn route_name(route: &Route) -> String {
-    route.id.clone().unwrap_or_else(|| format!("line {}", route.line))
+    route
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("line {}", route.line))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,7 +500,12 @@ impl StreamSession {
         self.apply_with(instruct, first, None)
     }
 
-    fn apply_with(&mut self, instruct: Instruct, first: bool, strong: Option<&DeliveryTx>) -> Result<(), ProxyError> {
+    fn apply_with(
+        &mut self,
+        instruct: Instruct,
+        first: bool,
+        strong: Option<&DeliveryTx>,
+    ) -> Result<(), ProxyError> {
         let tx = match strong.cloned().or_else(|| self.tx.upgrade()) {
             Some(tx) => tx,
             None => {
@@ -478,7 +531,11 @@ impl StreamSession {
             Some(HoldMode::Stream) => {
                 let specs = limit_channels(&state, instruct.channels);
                 if specs.iter().any(|c| c.prev_id.is_some()) && self.next_link.is_none() {
-                    let name = specs.iter().find(|c| c.prev_id.is_some()).map(|c| c.name.clone()).unwrap_or_default();
+                    let name = specs
+                        .iter()
+                        .find(|c| c.prev_id.is_some())
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
                     return Err(ProxyError::Instruct(format!(
                         "channel '{name}' specifies prev-id, but no next link found"
                     )));
@@ -501,7 +558,11 @@ impl StreamSession {
                             }
                         }
                     }
-                    self.channels.push(SessionChannel { spec, name, _sub: sub });
+                    self.channels.push(SessionChannel {
+                        spec,
+                        name,
+                        _sub: sub,
+                    });
                 }
                 drop(old);
                 self.keep_alive = instruct.keep_alive.clone();
@@ -510,7 +571,9 @@ impl StreamSession {
                 self.fetch_after_relay = false;
             }
             Some(HoldMode::Response) => {
-                return Err(ProxyError::Instruct("Next link returned non-stream hold.".into()));
+                return Err(ProxyError::Instruct(
+                    "Next link returned non-stream hold.".into(),
+                ));
             }
             None => {
                 // Paging: append this body, then follow the next link at once; without a
@@ -678,9 +741,11 @@ impl StreamSession {
         if filters.is_empty() {
             buf.extend_from_slice(&fmt.content);
         } else {
-            match grip::apply_content_filters(&filters, &fctx, &fmt.content) {
+            match grip::apply_content_filters(&filters, &fctx, fmt.content.clone()) {
                 Ok(b) => buf.extend_from_slice(&b),
-                Err(e) => tracing::debug!(channel = %name, error = %e, "content filter failed, item skipped"),
+                Err(e) => {
+                    tracing::debug!(channel = %name, error = %e, "content filter failed, item skipped")
+                }
             }
         }
         if let Some(id) = &item.id {
@@ -736,9 +801,14 @@ impl StreamSession {
                                 return false;
                             }
                         };
-                        match Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes) {
+                        match Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes)
+                        {
                             Ok(i) => {
-                                let b = i.response.as_ref().map(|r| r.body.clone()).unwrap_or_default();
+                                let b = i
+                                    .response
+                                    .as_ref()
+                                    .map(|r| r.body.clone())
+                                    .unwrap_or_default();
                                 self.relay = Some(full(b));
                                 i
                             }
@@ -773,7 +843,8 @@ impl StreamSession {
                 tracing::warn!(link = %link.uri, error = %err, "next link failed, ending stream");
                 return false;
             }
-            let backoff = Duration::from_millis(1000 * (1 << (attempt - 1)) + rand::random::<u64>() % 1000);
+            let backoff =
+                Duration::from_millis(1000 * (1 << (attempt - 1)) + rand::random::<u64>() % 1000);
             tracing::debug!(link = %link.uri, error = %err, ?backoff, "next link failed, retrying");
             tokio::time::sleep(backoff).await;
         }
@@ -783,8 +854,16 @@ impl StreamSession {
 /// Resolves a next link against the client's request: same host → the route's target;
 /// another host → that host directly.
 fn resolve_link(ctx: &HoldContext, uri: &str) -> Option<(Target, String)> {
-    let current = ctx.route.targets.get(ctx.target).or_else(|| ctx.route.targets.first())?.clone();
-    if let Some(rest) = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://")) {
+    let current = ctx
+        .route
+        .targets
+        .get(ctx.target)
+        .or_else(|| ctx.route.targets.first())?
+        .clone();
+    if let Some(rest) = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))
+    {
         let ssl = uri.starts_with("https://");
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),

@@ -164,13 +164,16 @@ impl Hub {
             Some((k, _)) => (k.clone(), false),
             None => (Arc::<str>::from(channel), true),
         };
-        let ch = shard.channels.entry(name.clone()).or_insert_with(|| Channel {
-            name: name.clone(),
-            subs: Slab::new(),
-            last_id: None,
-            pending: VecDeque::new(),
-            seen: VecDeque::new(),
-        });
+        let ch = shard
+            .channels
+            .entry(name.clone())
+            .or_insert_with(|| Channel {
+                name: name.clone(),
+                subs: Slab::new(),
+                last_id: None,
+                pending: VecDeque::new(),
+                seen: VecDeque::new(),
+            });
         let key = ch.subs.insert(Subscriber { mode, tx });
         drop(shard);
         self.metrics.subscriptions_active.inc();
@@ -223,7 +226,11 @@ impl Hub {
                     if first {
                         let name = ch.name.clone();
                         drop(shard);
-                        lock(&self.due).push((now + self.config.message_wait, name, DueKind::Pending));
+                        lock(&self.due).push((
+                            now + self.config.message_wait,
+                            name,
+                            DueKind::Pending,
+                        ));
                     }
                     return 0;
                 }
@@ -472,7 +479,8 @@ mod tests {
     }
 
     fn item(ch: &str, id: Option<&str>, prev: Option<&str>) -> Arc<PublishItem> {
-        let mut v = serde_json::json!({"channel": ch, "http-stream": {"content": id.unwrap_or("x")}});
+        let mut v =
+            serde_json::json!({"channel": ch, "http-stream": {"content": id.unwrap_or("x")}});
         if let Some(id) = id {
             v["id"] = id.into();
         }
@@ -484,7 +492,9 @@ mod tests {
 
     fn content(d: Delivery) -> String {
         match d {
-            Delivery::Item(i) => String::from_utf8(i.http_stream.as_ref().unwrap().content.to_vec()).unwrap(),
+            Delivery::Item(i) => {
+                String::from_utf8(i.http_stream.as_ref().unwrap().content.to_vec()).unwrap()
+            }
             Delivery::Update => "update".into(),
         }
     }

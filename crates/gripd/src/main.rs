@@ -48,7 +48,10 @@ fn main() -> ExitCode {
     }
     let env_filter = std::env::var("GRIPD_LOG").ok();
     gripd::telemetry::init(&config.log_level, config.log_format, env_filter.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gripd: cannot start the runtime: {e}");

@@ -59,14 +59,22 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gripd");
         let connections_active = Gauge::default();
-        registry.register("connections_active", "Open client connections", connections_active.clone());
+        registry.register(
+            "connections_active",
+            "Open client connections",
+            connections_active.clone(),
+        );
 
         let requests = Family::<Labels, Counter>::default();
         registry.register("requests", "Client requests by outcome", requests.clone());
         let held = Family::<Labels, Gauge>::default();
         registry.register("held_active", "Held connections by mode", held.clone());
         let channels_active = Gauge::default();
-        registry.register("channels_active", "Channels with subscribers", channels_active.clone());
+        registry.register(
+            "channels_active",
+            "Channels with subscribers",
+            channels_active.clone(),
+        );
         let subscriptions_active = Gauge::default();
         registry.register(
             "subscriptions_active",
@@ -74,9 +82,17 @@ impl Metrics {
             subscriptions_active.clone(),
         );
         let publish = Family::<Labels, Counter>::default();
-        registry.register("publish_items", "Items published, by source", publish.clone());
+        registry.register(
+            "publish_items",
+            "Items published, by source",
+            publish.clone(),
+        );
         let deliveries = Counter::default();
-        registry.register("deliveries", "Items queued to held connections", deliveries.clone());
+        registry.register(
+            "deliveries",
+            "Items queued to held connections",
+            deliveries.clone(),
+        );
         let dropped = Family::<Labels, Counter>::default();
         registry.register("dropped", "Items not delivered, by reason", dropped.clone());
         let origin_refreshes = Counter::default();
@@ -86,8 +102,12 @@ impl Metrics {
             origin_refreshes.clone(),
         );
 
-        let c = |f: &Family<Labels, Counter>, k: &'static str, v: &'static str| f.get_or_create(&vec![(k, v)]).clone();
-        let g = |f: &Family<Labels, Gauge>, v: &'static str| f.get_or_create(&vec![("mode", v)]).clone();
+        let c = |f: &Family<Labels, Counter>, k: &'static str, v: &'static str| {
+            f.get_or_create(&vec![(k, v)]).clone()
+        };
+        let g = |f: &Family<Labels, Gauge>, v: &'static str| {
+            f.get_or_create(&vec![("mode", v)]).clone()
+        };
         Metrics {
             connections_active,
             requests_passthrough: c(&requests, "outcome", "passthrough"),

@@ -118,7 +118,7 @@ impl Signer {
                 return Some(v.clone());
             }
         }
-        let v = HeaderValue::from_str(&grip::sign(&self.iss, &self.key, unix_now())).ok()?;
+        let v = HeaderValue::from_str(&grip::sign(&self.iss, &self.key, unix_now()).ok()?).ok()?;
         *cached = Some((now, v.clone()));
         Some(v)
     }
@@ -172,6 +172,7 @@ impl Origin {
 
     /// Builds the origin request for `target` and sends it, waiting at most `response_timeout`
     /// for the response head.
+    #[allow(clippy::too_many_arguments)] // one internal call site per kind of request
     pub async fn send(
         &self,
         route: &Route,
@@ -221,7 +222,9 @@ impl Origin {
             let sig = match (&route.props.sig_iss, &route.props.sig_key) {
                 (Some(iss), Some(key)) => {
                     let key = grip::SigKey::from_bytes(key.as_bytes().to_vec());
-                    HeaderValue::from_str(&grip::sign(iss, &key, unix_now())).ok()
+                    grip::sign(iss, &key, unix_now())
+                        .ok()
+                        .and_then(|t| HeaderValue::from_str(&t).ok())
                 }
                 _ => self.signer.token(),
             };
@@ -240,10 +243,16 @@ impl Origin {
         let request = builder
             .body(body)
             .map_err(|e| ProxyError::Internal(format!("building origin request: {e}")))?;
-        let client = if target.insecure { &self.insecure } else { &self.client };
+        let client = if target.insecure {
+            &self.insecure
+        } else {
+            &self.client
+        };
         match tokio::time::timeout(self.response_timeout, client.request(request)).await {
             Err(_) => Err(ProxyError::OriginTimeout(authority)),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::OriginConnect(authority, e.to_string())),
+            Ok(Err(e)) if e.is_connect() => {
+                Err(ProxyError::OriginConnect(authority, e.to_string()))
+            }
             Ok(Err(e)) => Err(ProxyError::OriginFailed(authority, e.to_string())),
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -266,7 +275,10 @@ impl Origin {
                 (Some(bytes), None) => full(bytes.clone()),
                 (None, None) => break,
             };
-            match self.send(route, target, req, &path, body, extra, true).await {
+            match self
+                .send(route, target, req, &path, body, extra, true)
+                .await
+            {
                 Ok(resp) => return Ok((resp, i)),
                 Err(e @ ProxyError::OriginConnect(..)) => last = Some(e),
                 Err(e) => return Err(e),
@@ -293,8 +305,16 @@ impl Origin {
             https: req.https,
             host: req.host.clone(),
         };
-        self.send(route, target, &get, path_and_query, empty(), grip_last, false)
-            .await
+        self.send(
+            route,
+            target,
+            &get,
+            path_and_query,
+            empty(),
+            grip_last,
+            false,
+        )
+        .await
     }
 
     fn forwarded(&self, headers: &mut HeaderMap, req: &ClientRequest) {

@@ -49,7 +49,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     let resp = match serve(&state, peer, https, req).await {
         Ok(r) => r,
         Err((route, e)) => {
@@ -90,15 +94,25 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let route: Arc<Route> = {
-        let routes = state.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let routes = state
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let path = req.uri().path();
         match routes.find(host_only, path, is_ws, https) {
             Some(r) => Arc::new(r.clone()),
             None => return Err((String::new(), ProxyError::NoRoute(host_only.to_string()))),
         }
     };
-    let route_name = route.id.clone().unwrap_or_else(|| format!("line {}", route.line));
-    if matches!(route.targets.first().map(|t| &t.kind), Some(TargetKind::Test)) {
+    let route_name = route
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("line {}", route.line));
+    if matches!(
+        route.targets.first().map(|t| &t.kind),
+        Some(TargetKind::Test)
+    ) {
         return Ok(test_handler(&path_and_query));
     }
 
@@ -109,9 +123,7 @@ async fn serve(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let chunked = parts
-        .version
-        .eq(&http::Version::HTTP_11)
+    let chunked = parts.version.eq(&http::Version::HTTP_11)
         && hyper::body::Body::size_hint(&body).exact().is_none();
     // Keep small bodies (retries, failover); stream the rest.
     let (kept, streamed) = match (content_length, chunked) {
@@ -120,7 +132,12 @@ async fn serve(
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
-                .map_err(|e| (route_name.clone(), ProxyError::BadRequest(format!("reading request body: {e}"))))?;
+                .map_err(|e| {
+                    (
+                        route_name.clone(),
+                        ProxyError::BadRequest(format!("reading request body: {e}")),
+                    )
+                })?;
             (Some(bytes), None)
         }
         (None, false) => (Some(Bytes::new()), None),

@@ -33,9 +33,16 @@ enum Format {
 }
 
 /// Serves one control request. Never fails: errors become responses.
-pub async fn handle(state: Arc<ControlState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<ControlState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
-    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     let resp = match path {
         "/" => text_response(StatusCode::OK, "gripd API\n"),
         "/metrics" => {
@@ -52,7 +59,8 @@ pub async fn handle(state: Arc<ControlState>, req: Request<Incoming>) -> Result<
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("Method not allowed: {}.\n", req.method()),
                 );
-                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
                 r
             } else {
                 match accept_format(&req) {
@@ -80,17 +88,30 @@ async fn publish(state: &ControlState, req: Request<Incoming>, fmt: Format) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.body_max as u64) {
-        tracing::warn!(size = declared, max = state.body_max, "publish rejected: body too large");
+        tracing::warn!(
+            size = declared,
+            max = state.body_max,
+            "publish rejected: body too large"
+        );
         return text_response(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.\n");
     }
-    let body: Bytes = match Limited::new(req.into_body(), state.body_max).collect().await {
+    let body: Bytes = match Limited::new(req.into_body(), state.body_max)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             tracing::warn!(max = state.body_max, "publish rejected: body too large");
             return text_response(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.\n");
         }
         Err(e) => {
-            return text_response(StatusCode::BAD_REQUEST, format!("Error reading body: {e}\n"));
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                format!("Error reading body: {e}\n"),
+            );
         }
     };
     let items = match grip::parse_publish_body(&body) {
@@ -113,9 +134,13 @@ fn ok(fmt: Format, message: &str) -> Response<Body> {
     match fmt {
         Format::Text => text_response(StatusCode::OK, format!("{message}\n")),
         Format::Json => {
-            let mut r = Response::new(full(Bytes::from(format!("{{\"message\": \"{message}\"}}\n"))));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let mut r = Response::new(full(Bytes::from(format!(
+                "{{\"message\": \"{message}\"}}\n"
+            ))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
     }
@@ -123,7 +148,11 @@ fn ok(fmt: Format, message: &str) -> Response<Body> {
 
 /// Pushpin's negotiation: text unless the client prefers JSON; nothing acceptable → `None`.
 fn accept_format(req: &Request<Incoming>) -> Option<Format> {
-    let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Some(Format::Text);
     };
     for part in accept.split(',') {

@@ -78,7 +78,9 @@ pub async fn serve<H, Fut>(
         let handler = handler.clone();
         let svc = service_fn(move |req| handler(peer, req));
         let io = FramingGuard::new(stream, settings.head_max.max(8192));
-        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         let gauge = GaugeGuard::new(&metrics.connections_active);
         let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
         let token = shutdown.token.clone();
