@@ -103,7 +103,8 @@ def store(request, ch):
         d = data
         if count > 1 and isinstance(data, dict):
             d = dict(data, i=i + 1)
-        e = storage.append_event(ch, body.get("type", "message"), d)
+        # As send_event does: storage keeps the already JSON-encoded text.
+        e = storage.append_event(ch, body.get("type", "message"), json.dumps(d))
     return JsonResponse({"id": e.id})
 
 
