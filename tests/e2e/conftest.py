@@ -323,12 +323,15 @@ def stack(tmp_path_factory):
     st = Stack(kind, tmp_path_factory.mktemp("e2e-" + kind))
     try:
         st.start_origin()
+        problem = None
         try:
             st.start_proxy()
         except FileNotFoundError as e:
-            pytest.fail("cannot start %s: %s" % (kind, e), pytrace=False)
+            problem = "cannot start %s: %s" % (kind, e)
         except RuntimeError as e:
-            pytest.fail("%s did not start: %s" % (kind, e), pytrace=False)
+            problem = "%s did not start: %s" % (kind, e)
+        if problem:
+            pytest.fail(problem, pytrace=False)
         yield st
     finally:
         st.stop()
