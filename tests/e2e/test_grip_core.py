@@ -191,14 +191,21 @@ def test_longpoll_times_out_with_origin_response(proxy):
 
 
 def _stalled_stream_socket(proxy, path):
-    """A client that sends a request and then never reads: tiny receive buffer, no recv() calls."""
+    """A client with a tiny receive buffer that reads the response head and initial body (so its hold
+    is known to be set up) and then never reads again."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    s.settimeout(5)
+    s.settimeout(10)
     s.connect(("127.0.0.1", proxy.client_port))
     s.sendall(
         ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, proxy.client_port)).encode()
     )
+    got = b""
+    while b"stream-open\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, "stalled client's stream ended early: %r" % got
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
     return s
 
 
@@ -209,8 +216,6 @@ def test_client_that_never_reads_does_not_delay_others(proxy):
     try:
         with RawStream(proxy.proxy_url + "/stream/%s/" % ch) as fast:
             fast.read_until(b"stream-open\n", 10)
-            # The stalled clients' holds are set up before the fast one's (same origin, sequential
-            # requests); give them a bounded moment to be subscribed too by round-tripping a publish.
             pub.publish_http_stream(ch, "warmup\n", blocking=True)
             fast.read_until(b"warmup\n", 10)
 
