@@ -266,13 +266,15 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
         "",
         "",
     );
-    row(
+    // The same origin serves both columns: no ratio.
+    let direct = |r: &HashMap<String, Value>| num(r, "wrk:direct", "ok_rps");
+    rows.push([
         "plain GET direct to the origin (wrk, req/s)".into(),
-        "wrk:direct",
-        "ok_rps",
-        "",
-        "",
-    );
+        fmt(direct(&g), ""),
+        fmt(direct(&p), ""),
+        "—".into(),
+        String::new(),
+    ]);
     let pt = |r: &HashMap<String, Value>| {
         let via = num(r, "wrk:proxy", "ok_rps")?;
         let direct = num(r, "wrk:direct", "ok_rps")?;
