@@ -96,9 +96,9 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => eprintln!("open files limit: {n}"),
-        Err(e) => eprintln!("could not raise the open files limit: {e}"),
+    // Held connections need one descriptor each: go up to the hard limit.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open files limit: {e}");
     }
     ensure!(cli.threads >= 1, "--threads must be at least 1");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -158,118 +158,144 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
             .unwrap_or_else(|| "?".to_owned())
     };
     let mut rows: Vec<[String; 5]> = Vec::new();
-    let mut row = |figure: String, scenario: &str, field: &str, unit: &str, target: &str| {
+    let hold_n = size("hold", "n");
+    let hold = format!("hold {hold_n} idle SSE connections:");
+    let f = format!(
+        "fan-out {} subscribers, {} messages at {}/s:",
+        size("fanout", "n"),
+        size("fanout", "k"),
+        size("fanout", "rate")
+    );
+    let t = format!(
+        "{} channels × {} subscribers, publish flat out {} s:",
+        size("throughput", "channels"),
+        size("throughput", "subs"),
+        size("throughput", "duration_s")
+    );
+    // (figure prefix, figure, scenario, field, unit, target)
+    let figures: [(&str, &str, &str, &str, &str, &str); 16] = [
+        (
+            &hold,
+            "process-tree RSS per held connection",
+            "hold",
+            "rss_per_conn_kb",
+            " KB",
+            "≤ 4 KB",
+        ),
+        (&hold, "connections held", "hold", "held", "", "all"),
+        (
+            &hold,
+            "new held connections per second",
+            "hold",
+            "conn_per_s",
+            "",
+            "≥ 10,000",
+        ),
+        (&f, "lost deliveries", "fanout", "lost", "", "0"),
+        (
+            &f,
+            "subscriber streams ended by the proxy",
+            "fanout",
+            "subscriber_errors",
+            "",
+            "0",
+        ),
+        (
+            &f,
+            "publish→receive p50",
+            "fanout",
+            "latency_ms_p50",
+            " ms",
+            "",
+        ),
+        (
+            &f,
+            "publish→receive p99",
+            "fanout",
+            "latency_ms_p99",
+            " ms",
+            "≤ 100 ms",
+        ),
+        (
+            &f,
+            "publish→receive max",
+            "fanout",
+            "latency_ms_max",
+            " ms",
+            "",
+        ),
+        (
+            &f,
+            "time until the last subscriber has a message, median message",
+            "fanout",
+            "last_subscriber_ms_p50",
+            " ms",
+            "",
+        ),
+        (
+            &f,
+            "time until the last subscriber has a message, worst message",
+            "fanout",
+            "last_subscriber_ms_max",
+            " ms",
+            "",
+        ),
+        (
+            &f,
+            "proxy CPU per delivery",
+            "fanout",
+            "cpu_us_per_delivery",
+            " µs",
+            "≤ 10 µs",
+        ),
+        (
+            &t,
+            "deliveries/s",
+            "throughput",
+            "deliveries_per_s",
+            "",
+            "≥ 100,000",
+        ),
+        (&t, "lost deliveries", "throughput", "lost", "", "0"),
+        (
+            &t,
+            "subscriber streams ended by the proxy",
+            "throughput",
+            "subscriber_errors",
+            "",
+            "0",
+        ),
+        (
+            &t,
+            "proxy CPU per delivery",
+            "throughput",
+            "cpu_us_per_delivery",
+            " µs",
+            "",
+        ),
+        (
+            "pass-through:",
+            "plain GET through the proxy (wrk, 2xx req/s)",
+            "wrk:proxy",
+            "ok_rps",
+            "",
+            "",
+        ),
+    ];
+    for (prefix, figure, scenario, field, unit, target) in figures {
         let (gv, pv) = (num(&g, scenario, field), num(&p, scenario, field));
         rows.push([
-            figure,
+            format!("{prefix} {figure}"),
             fmt(gv, unit),
             fmt(pv, unit),
             ratio(gv, pv),
             target.to_owned(),
         ]);
-    };
-    let hold_n = size("hold", "n");
-    row(
-        format!("process-tree RSS per held idle SSE connection ({hold_n} held)"),
-        "hold",
-        "rss_per_conn_kb",
-        " KB",
-        "≤ 4 KB",
-    );
-    row(
-        format!("held connections (of {hold_n})"),
-        "hold",
-        "held",
-        "",
-        "all",
-    );
-    row(
-        "new held connections per second".into(),
-        "hold",
-        "conn_per_s",
-        "",
-        "≥ 10,000",
-    );
-    let (fn_, fk, fr) = (
-        size("fanout", "n"),
-        size("fanout", "k"),
-        size("fanout", "rate"),
-    );
-    let f = format!("fan-out {fn_} subscribers, {fk} messages at {fr}/s:");
-    row(format!("{f} lost deliveries"), "fanout", "lost", "", "0");
-    row(
-        format!("{f} publish→receive p50"),
-        "fanout",
-        "latency_ms_p50",
-        " ms",
-        "",
-    );
-    row(
-        format!("{f} publish→receive p99"),
-        "fanout",
-        "latency_ms_p99",
-        " ms",
-        "≤ 100 ms",
-    );
-    row(
-        format!("{f} publish→receive max"),
-        "fanout",
-        "latency_ms_max",
-        " ms",
-        "",
-    );
-    row(
-        format!("{f} time until the last subscriber has a message, worst message"),
-        "fanout",
-        "last_subscriber_ms_max",
-        " ms",
-        "",
-    );
-    row(
-        format!("{f} proxy CPU per delivery"),
-        "fanout",
-        "cpu_us_per_delivery",
-        " µs",
-        "≤ 10 µs",
-    );
-    let (tm, ts, td) = (
-        size("throughput", "channels"),
-        size("throughput", "subs"),
-        size("throughput", "duration_s"),
-    );
-    let t = format!("{tm} channels × {ts} subscribers, publish flat out {td} s:");
-    row(
-        format!("{t} deliveries/s"),
-        "throughput",
-        "deliveries_per_s",
-        "",
-        "≥ 100,000",
-    );
-    row(
-        format!("{t} lost deliveries"),
-        "throughput",
-        "lost",
-        "",
-        "0",
-    );
-    row(
-        format!("{t} proxy CPU per delivery"),
-        "throughput",
-        "cpu_us_per_delivery",
-        " µs",
-        "",
-    );
-    row(
-        "plain GET through the proxy (wrk, 2xx req/s)".into(),
-        "wrk:proxy",
-        "ok_rps",
-        "",
-        "",
-    );
+    }
     // The same origin serves both columns: no ratio.
     let direct = |r: &HashMap<String, Value>| num(r, "wrk:direct", "ok_rps");
     rows.push([
-        "plain GET direct to the origin (wrk, req/s)".into(),
+        "pass-through: plain GET direct to the origin (wrk, req/s)".into(),
         fmt(direct(&g), ""),
         fmt(direct(&p), ""),
         "—".into(),
@@ -282,7 +308,7 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
     };
     let (gv, pv) = (pt(&g), pt(&p));
     rows.push([
-        "plain GET through the proxy vs direct".into(),
+        "pass-through: through the proxy vs direct".into(),
         fmt(gv, "x"),
         fmt(pv, "x"),
         ratio(gv, pv),

@@ -75,6 +75,11 @@ impl Target {
     }
 }
 
+/// CPU seconds used so far by the load generator itself (to show it was not the bottleneck).
+fn own_cpu_s() -> f64 {
+    procfs::tree_cpu_s(std::process::id()).unwrap_or(f64::NAN)
+}
+
 fn errors_json(e: &Established) -> Value {
     json!(e
         .error_kinds
@@ -192,6 +197,7 @@ pub(crate) async fn fanout(
     t.settle().await;
 
     let mut publisher = Publisher::new(publish);
+    let gen0 = own_cpu_s();
     let cpu0 = t.cpu_s();
     let mut publish_errors = 0usize;
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -216,6 +222,7 @@ pub(crate) async fn fanout(
     )
     .await;
     let cpu1 = t.cpu_s();
+    let gen1 = own_cpu_s();
     let (results, _) = stop_all(subs).await;
 
     // Per delivery latency; per message the latency of the last subscriber to get it.
@@ -278,6 +285,7 @@ pub(crate) async fn fanout(
         "last_subscriber_ms_max": r3(pct(&last, 100.0)),
         "cpu_s": match (cpu0, cpu1) { (Some(a), Some(b)) => Some(r3(b - a)), _ => None },
         "cpu_us_per_delivery": cpu_us,
+        "generator_cpu_s": r3(gen1 - gen0),
     });
     eprintln!(
         "[{}] fanout {n}x{k}: {held} subscribed, {unique}/{expected} delivered ({lost} lost), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, last-subscriber max {:.1} ms, {:?} us CPU/delivery",
@@ -347,6 +355,7 @@ pub(crate) async fn throughput(
     let subs_on = Arc::new(subs_on);
     t.settle().await;
 
+    let gen0 = own_cpu_s();
     let cpu0 = t.cpu_s();
     let start = Instant::now();
     let start_ns = now_ns();
@@ -436,6 +445,7 @@ pub(crate) async fn throughput(
     let drain = Duration::from_secs_f64(o.drain.clamp(0.1, 600.0));
     wait_received(&subs.shared, expected, drain, Instant::now() + drain * 10).await;
     let cpu1 = t.cpu_s();
+    let gen1 = own_cpu_s();
     let last_rx_ns = subs.shared.last_rx_ns.load(Ordering::Relaxed);
     let (results, channel_of) = stop_all(subs).await;
 
@@ -490,6 +500,7 @@ pub(crate) async fn throughput(
         "latency_ms_p50": r3(pct(&lat_ms, 50.0)),
         "latency_ms_p99": r3(pct(&lat_ms, 99.0)),
         "cpu_us_per_delivery": cpu_us,
+        "generator_cpu_s": r3(gen1 - gen0),
     });
     eprintln!(
         "[{}] throughput {m}x{}: {held} subscribed, {unique}/{expected} delivered ({lost} lost) in {span_s:.2} s = {per_s:.0} deliveries/s, {:?} us CPU/delivery",
