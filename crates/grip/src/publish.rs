@@ -208,8 +208,8 @@ fn parse_action<N: Node>(v: &N, pn: &str) -> Result<Action, String> {
         Some("hint") => Ok(Action::Hint),
         Some("close") => Ok(Action::Close),
         Some("refresh") => Ok(Action::Refresh),
-        // Pushpin rejects the item without a message.
-        Some(_) => Err(String::new()),
+        // Pushpin 1.36 rejects the item with an empty message; gripd names the problem.
+        Some(other) => Err(format!("{pn} contains unknown action '{other}'")),
     }
 }
 

@@ -340,7 +340,7 @@ fn validation_errors() {
         ),
         (
             json!({"channel": "c", "http-stream": {"action": "explode"}}),
-            "",
+            "'http-stream' contains unknown action 'explode'",
         ),
         (
             json!({"channel": "c", "http-stream": {}}),
@@ -424,7 +424,7 @@ fn http_body_errors() {
             "{\"items\":[{\"channel\":\"c\",\"http-stream\":{\"content\":\"x\"}},{\"channel\":\"d\"}]}",
             "Invalid format: no formats specified",
         ),
-        ("{\"items\":[{\"channel\":\"c\",\"http-stream\":{\"action\":\"x\"}}]}", "Invalid format: "),
+        ("{\"items\":[{\"channel\":\"c\",\"http-stream\":{\"action\":\"x\"}}]}", "Invalid format: 'http-stream' contains unknown action 'x'"),
     ];
     for (body, text) in cases {
         assert_eq!(
