@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cli;
 mod grip_hold;
 mod passthrough;
 mod publish_http;

@@ -197,6 +197,21 @@ async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
     }
 }
 
+/// Reads a whole body of at most `max` bytes.
+async fn collect_body(mut body: Body, max: usize) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(format!("body over {max} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// Keeps only the first `connection_subscription_max` channels (Pushpin truncates too).
 fn limit_channels(state: &State, mut channels: Vec<ChannelSpec>) -> Vec<ChannelSpec> {
     let max = state.config.connection_subscription_max;
@@ -442,6 +457,9 @@ struct StreamSession {
     link_deadline: Option<Instant>,
     /// Origin body being relayed (the initial body, or a next-link response's).
     relay: Option<Body>,
+    /// Content filters (`build-id`, `var-subst`) to apply to the relayed body as a whole, as
+    /// Pushpin does for proxied content: django-eventstream escapes `%` as `%%` in replays.
+    relay_filters: Option<Vec<String>>,
     /// After the relayed body: `true` to fetch the next link at once (paging, no hold yet).
     fetch_after_relay: bool,
     /// Whether the session holds (subscribed); without a hold it ends after the last page.
@@ -474,6 +492,7 @@ fn stream(
         next_link: None,
         link_deadline: None,
         relay: initial,
+        relay_filters: None,
         fetch_after_relay: false,
         holding: false,
         fetch_due: false,
@@ -527,6 +546,18 @@ impl StreamSession {
             self.next_link = None;
             self.link_deadline = None;
         }
+        // Proxied content gets the content filters of the instructions' channels.
+        for spec in &instruct.channels {
+            if let Some(p) = &spec.prev_id {
+                self.prev_ids.insert(spec.name.clone(), p.clone());
+            }
+        }
+        self.relay_filters = instruct
+            .channels
+            .iter()
+            .map(|c| &c.filters)
+            .find(|f| !grip::content_filters_of(f).is_empty())
+            .cloned();
         match instruct.hold {
             Some(HoldMode::Stream) => {
                 let specs = limit_channels(&state, instruct.channels);
@@ -549,7 +580,7 @@ impl StreamSession {
                         None => state.hub.subscribe(&name, Mode::Stream, tx.clone()),
                     };
                     if let Some(p) = &spec.prev_id {
-                        self.prev_ids.insert(name.clone(), p.clone());
+                        self.prev_ids.insert(spec.name.clone(), p.clone());
                         // The hub already published past this id: recover at once.
                         if let Some(last) = state.hub.last_id(&name) {
                             if &last != p {
@@ -601,6 +632,15 @@ impl StreamSession {
     /// The next chunk for the client; `None` ends the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            if self.relay.is_some() && self.relay_filters.is_some() {
+                let filtered = self.relay_filtered().await;
+                self.relay_done();
+                match filtered {
+                    Some(b) if !b.is_empty() => return Some(b),
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
             if let Some(relay) = self.relay.as_mut() {
                 match relay.frame().await {
                     Some(Ok(frame)) => {
@@ -615,13 +655,7 @@ impl StreamSession {
                         tracing::debug!(error = %e, "origin body ended with error");
                         return None;
                     }
-                    None => {
-                        self.relay = None;
-                        if self.fetch_after_relay {
-                            self.fetch_after_relay = false;
-                            self.fetch_due = true;
-                        }
-                    }
+                    None => self.relay_done(),
                 }
             }
             if self.fetch_due {
@@ -672,6 +706,47 @@ impl StreamSession {
         }
     }
 
+    /// The relayed body read whole (bounded) with the content filters applied; `None` ends
+    /// the stream (the body failed or is too large to filter).
+    async fn relay_filtered(&mut self) -> Option<Bytes> {
+        let body = self.relay.take()?;
+        let filters = self.relay_filters.take().unwrap_or_default();
+        let max = self.ctx.state.config.response_body_max;
+        let bytes = match collect_body(body, max).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, max, "origin body to filter failed or too large, ending stream");
+                return None;
+            }
+        };
+        let channels = &self.channels;
+        let subscribed = |c: &str| channels.iter().any(|x| x.name == c);
+        let no_meta = BTreeMap::new();
+        let fctx = grip::FilterContext {
+            sub_meta: &self.meta,
+            pub_meta: &no_meta,
+            prev_ids: &self.prev_ids,
+            subscribed: &subscribed,
+        };
+        match grip::apply_content_filters(&filters, &fctx, bytes.clone()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "content filter failed on origin body, relaying it unfiltered");
+                Some(bytes)
+            }
+        }
+    }
+
+    /// The relayed body has ended: follow the next link now when paging.
+    fn relay_done(&mut self) {
+        self.relay = None;
+        self.relay_filters = None;
+        if self.fetch_after_relay {
+            self.fetch_after_relay = false;
+            self.fetch_due = true;
+        }
+    }
+
     /// Handles one delivery, appending any content to `buf`.
     fn handle(&mut self, d: Delivery, buf: &mut BytesMut) {
         let item = match d {
@@ -708,7 +783,8 @@ impl StreamSession {
             }
             Action::Send => {}
         }
-        if let (Some(expected), Some(prev)) = (self.prev_ids.get(&ch.name), &item.prev_id) {
+        let key = ch.spec.name.clone();
+        if let (Some(expected), Some(prev)) = (self.prev_ids.get(&key), &item.prev_id) {
             if expected != prev {
                 if self.next_link.is_some() {
                     tracing::debug!(channel = %ch.name, expected = %expected, got = %prev, "gap in ids, recovering");
@@ -718,38 +794,31 @@ impl StreamSession {
                 return;
             }
         }
-        let filters = ch.spec.filters.clone();
-        let name = ch.name.clone();
-        let mut prev_ids = self.prev_ids.clone();
+        // After this item the channel's current id is the item's, whatever the filters decide.
         if let Some(id) = &item.id {
-            prev_ids.insert(name.clone(), id.clone());
+            self.prev_ids.insert(key, id.clone());
         }
-        let names: Vec<String> = self.channels.iter().map(|c| c.name.clone()).collect();
-        let subscribed = |c: &str| names.iter().any(|n| n == c);
+        if ch.spec.filters.is_empty() {
+            // Fast path: the shared bytes, no per-subscriber work.
+            buf.extend_from_slice(&fmt.content);
+            return;
+        }
+        let channels = &self.channels;
+        let subscribed = |c: &str| channels.iter().any(|x| x.name == c);
         let fctx = grip::FilterContext {
             sub_meta: &self.meta,
             pub_meta: &item.meta,
-            prev_ids: &prev_ids,
+            prev_ids: &self.prev_ids,
             subscribed: &subscribed,
         };
-        if !grip::should_deliver(&filters, &fctx) {
-            if let Some(id) = &item.id {
-                self.prev_ids.insert(name, id.clone());
-            }
+        if !grip::should_deliver(&ch.spec.filters, &fctx) {
             return;
         }
-        if filters.is_empty() {
-            buf.extend_from_slice(&fmt.content);
-        } else {
-            match grip::apply_content_filters(&filters, &fctx, fmt.content.clone()) {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(e) => {
-                    tracing::debug!(channel = %name, error = %e, "content filter failed, item skipped")
-                }
+        match grip::apply_content_filters(&ch.spec.filters, &fctx, fmt.content.clone()) {
+            Ok(b) => buf.extend_from_slice(&b),
+            Err(e) => {
+                tracing::debug!(channel = %ch.name, error = %e, "content filter failed, item skipped")
             }
-        }
-        if let Some(id) = &item.id {
-            self.prev_ids.insert(name, id.clone());
         }
     }
 
@@ -765,7 +834,7 @@ impl StreamSession {
             self.channels
                 .iter()
                 .filter_map(|c| {
-                    let id = self.prev_ids.get(&c.name)?;
+                    let id = self.prev_ids.get(&c.spec.name)?;
                     grip_last_value(&c.spec.name, id)
                 })
                 .collect()
