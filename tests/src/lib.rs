@@ -245,6 +245,8 @@ pub struct Stream {
     pub headers: http::HeaderMap,
     body: Incoming,
     pub received: Vec<u8>,
+    /// How much of `received` has been searched already.
+    searched: usize,
     _sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
@@ -274,6 +276,7 @@ impl Stream {
                 headers,
                 body: resp.into_body(),
                 received: Vec::new(),
+                searched: 0,
                 _sender: sender,
             }
         })
@@ -283,14 +286,34 @@ impl Stream {
 
     /// Reads until `received` contains `needle` (bounded by `WAIT`).
     pub async fn read_until(&mut self, needle: &str) -> String {
+        self.wait_for(needle).await;
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+
+    /// Reads until `needle` appears, then forgets everything received up to and including it
+    /// (for long streams where keeping and rescanning all the data would be quadratic).
+    pub async fn skip_until(&mut self, needle: &str) {
+        let end = self.wait_for(needle).await;
+        self.received.drain(..end);
+        self.searched = 0;
+    }
+
+    /// Reads until `needle` is in `received`; returns the offset just past it.
+    async fn wait_for(&mut self, needle: &str) -> usize {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !String::from_utf8_lossy(&self.received).contains(needle) {
+        let n = needle.as_bytes();
+        loop {
+            let from = self.searched.saturating_sub(n.len());
+            if let Some(i) = self.received[from..].windows(n.len()).position(|w| w == n) {
+                return from + i + n.len();
+            }
+            self.searched = self.received.len();
             let frame = tokio::time::timeout_at(deadline, self.body.frame())
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
-                        "timed out waiting for {needle:?}; got {:?}",
-                        String::from_utf8_lossy(&self.received)
+                        "timed out waiting for {needle:?}; got {}",
+                        tail(&self.received)
                     )
                 });
             match frame {
@@ -300,12 +323,11 @@ impl Stream {
                     }
                 }
                 other => panic!(
-                    "stream ended ({other:?}) waiting for {needle:?}; got {:?}",
-                    String::from_utf8_lossy(&self.received)
+                    "stream ended ({other:?}) waiting for {needle:?}; got {}",
+                    tail(&self.received)
                 ),
             }
         }
-        String::from_utf8_lossy(&self.received).into_owned()
     }
 
     /// Reads until the body ends cleanly (bounded by `WAIT`); returns everything received.
@@ -332,6 +354,18 @@ impl Stream {
         if let Ok(Some(Ok(f))) = tokio::time::timeout(d, self.body.frame()).await {
             panic!("unexpected data: {:?}", f.into_data().ok());
         }
+    }
+}
+
+/// The last bytes received, for failure messages (never the whole stream).
+pub fn tail(b: &[u8]) -> String {
+    let text = String::from_utf8_lossy(b);
+    let n = text.chars().count();
+    if n <= 300 {
+        format!("{text:?}")
+    } else {
+        let t: String = text.chars().skip(n - 300).collect();
+        format!("({n} chars) ...{t:?}")
     }
 }
 

@@ -416,7 +416,17 @@ fn grip_last(channels: &[ChannelSpec]) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 fn grip_last_value(channel: &str, id: &str) -> Option<(HeaderName, HeaderValue)> {
-    let v = format!("{}; last-id={}", channel, grip::header::quote(id));
+    // Plain tokens go unquoted, as Pushpin sends them (`last-id=42`); anything else is quoted.
+    let plain = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:!#$&'*+^`|~".contains(&b));
+    let id = if plain {
+        id.to_string()
+    } else {
+        grip::header::quote(id)
+    };
+    let v = format!("{channel}; last-id={id}");
     HeaderValue::from_str(&v)
         .ok()
         .map(|v| (HeaderName::from_static("grip-last"), v))
@@ -862,7 +872,7 @@ impl StreamSession {
             let err = match result {
                 Ok(resp) if resp.status().is_success() => {
                     let (parts, body) = resp.into_parts();
-                    let instruct = if grip::is_instruct_body(&parts.headers) {
+                    let (instruct, next_body) = if grip::is_instruct_body(&parts.headers) {
                         let bytes = match read_limited(body, state.config.response_body_max).await {
                             Ok(b) => b,
                             Err(e) => {
@@ -878,8 +888,7 @@ impl StreamSession {
                                     .as_ref()
                                     .map(|r| r.body.clone())
                                     .unwrap_or_default();
-                                self.relay = Some(full(b));
-                                i
+                                (i, full(b))
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "next link returned bad instructions");
@@ -888,10 +897,7 @@ impl StreamSession {
                         }
                     } else {
                         match Instruct::from_headers(&parts.headers) {
-                            Ok(i) => {
-                                self.relay = Some(crate::origin::incoming(body));
-                                i
-                            }
+                            Ok(i) => (i, crate::origin::incoming(body)),
                             Err(e) => {
                                 tracing::warn!(error = %e, "next link returned bad instructions");
                                 return false;
@@ -899,9 +905,10 @@ impl StreamSession {
                         }
                     };
                     if let Err(e) = self.apply(instruct, false) {
-                        tracing::warn!(error = %e, "next link instructions rejected");
-                        self.closing = true;
+                        tracing::warn!(error = %e, "next link instructions rejected, ending stream");
+                        return false;
                     }
+                    self.relay = Some(next_body);
                     return true;
                 }
                 Ok(resp) => format!("status {}", resp.status()),
