@@ -6,4 +6,5 @@ mod cli;
 mod grip_hold;
 mod passthrough;
 mod publish_http;
+mod reliability;
 mod routes_reload;

@@ -100,6 +100,7 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         hub: hub.clone(),
         metrics: metrics.clone(),
         link_permits: Arc::new(Semaphore::new(config.next_link_concurrency)),
+        link_flights: Default::default(),
         shutdown: shutdown.clone(),
     });
 

@@ -12,7 +12,7 @@
 //! (coalescing); a stream ends cleanly on `close`, on shutdown (the hub closes its queue) and
 //! when a next-link response ends without a hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
+use tokio::sync::OnceCell;
 use tokio::time::{sleep_until, Instant};
 
 use crate::error::ProxyError;
@@ -862,57 +863,38 @@ impl StreamSession {
         while self.rx.try_recv().is_ok() {}
         let mut attempt = 0;
         loop {
-            let permit = state.link_permits.clone().acquire_owned().await;
-            state.metrics.origin_refreshes.inc();
-            let result = state
-                .origin
-                .get_link(&self.ctx.route, &target, &self.ctx.request, &path, &extra)
-                .await;
-            drop(permit);
+            let result = fetch_coalesced(&state, &self.ctx, &target, &path, &extra).await;
             let err = match result {
-                Ok(resp) if resp.status().is_success() => {
-                    let (parts, body) = resp.into_parts();
-                    let (instruct, next_body) = if grip::is_instruct_body(&parts.headers) {
-                        let bytes = match read_limited(body, state.config.response_body_max).await {
-                            Ok(b) => b,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "next link failed");
-                                return false;
-                            }
-                        };
-                        match Instruct::from_response(parts.status.as_u16(), &parts.headers, &bytes)
-                        {
-                            Ok(i) => {
+                Ok(fetched) if (200..300).contains(&fetched.status) => {
+                    let parsed = if grip::is_instruct_body(&fetched.headers) {
+                        Instruct::from_response(fetched.status, &fetched.headers, &fetched.body)
+                            .map(|i| {
                                 let b = i
                                     .response
                                     .as_ref()
                                     .map(|r| r.body.clone())
                                     .unwrap_or_default();
-                                (i, full(b))
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "next link returned bad instructions");
-                                return false;
-                            }
-                        }
+                                (i, b)
+                            })
                     } else {
-                        match Instruct::from_headers(&parts.headers) {
-                            Ok(i) => (i, crate::origin::incoming(body)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "next link returned bad instructions");
-                                return false;
-                            }
+                        Instruct::from_headers(&fetched.headers).map(|i| (i, fetched.body.clone()))
+                    };
+                    let (instruct, next_body) = match parsed {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "next link returned bad instructions, ending stream");
+                            return false;
                         }
                     };
                     if let Err(e) = self.apply(instruct, false) {
                         tracing::warn!(error = %e, "next link instructions rejected, ending stream");
                         return false;
                     }
-                    self.relay = Some(next_body);
+                    self.relay = Some(full(next_body));
                     return true;
                 }
-                Ok(resp) => format!("status {}", resp.status()),
-                Err(e) => e.to_string(),
+                Ok(fetched) => format!("status {}", fetched.status),
+                Err(e) => e,
             };
             attempt += 1;
             if attempt > NEXT_LINK_RETRIES {
@@ -925,6 +907,72 @@ impl StreamSession {
             tokio::time::sleep(backoff).await;
         }
     }
+}
+
+/// A next-link response, read whole so that identical fetches can share it.
+pub struct Fetched {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Identical next-link fetches in flight, shared by every session that asks for the same one.
+pub type LinkFlights =
+    std::sync::Mutex<HashMap<String, Arc<OnceCell<Result<Arc<Fetched>, String>>>>>;
+
+/// Fetches a next link, sharing one origin request among sessions asking for the same URL with
+/// the same `Grip-Last` at the same time (a reconnect storm sends thousands), and bounding
+/// the requests in flight with `link_permits`.
+async fn fetch_coalesced(
+    state: &Arc<State>,
+    ctx: &HoldContext,
+    target: &Target,
+    path: &str,
+    grip_last: &[(HeaderName, HeaderValue)],
+) -> Result<Arc<Fetched>, String> {
+    let mut key = format!(
+        "{}{}{}",
+        target.kind,
+        if target.ssl { "s" } else { "" },
+        path
+    );
+    for (_, v) in grip_last {
+        key.push('\n');
+        key.push_str(v.to_str().unwrap_or(""));
+    }
+    let cell = {
+        let mut flights = state.link_flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.entry(key.clone()).or_default().clone()
+    };
+    let result = cell
+        .get_or_init(|| async {
+            let _permit = state.link_permits.clone().acquire_owned().await;
+            state.metrics.origin_refreshes.inc();
+            let result = match state
+                .origin
+                .get_link(&ctx.route, target, &ctx.request, path, grip_last)
+                .await
+            {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    match read_limited(body, state.config.response_body_max).await {
+                        Ok(body) => Ok(Arc::new(Fetched {
+                            status: parts.status.as_u16(),
+                            headers: parts.headers,
+                            body,
+                        })),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            // Later sessions must fetch afresh: only concurrent ones share this answer.
+            let mut flights = state.link_flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights.remove(&key);
+            result
+        })
+        .await;
+    result.clone()
 }
 
 /// Resolves a next link against the client's request: same host → the route's target;

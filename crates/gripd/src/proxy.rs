@@ -38,6 +38,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Bounds next-link requests in flight toward origins (reconnect storms).
     pub link_permits: Arc<Semaphore>,
+    /// Next-link fetches in flight, shared between sessions asking for the same one.
+    pub link_flights: crate::hold::LinkFlights,
     pub shutdown: Shutdown,
 }
 
