@@ -111,7 +111,9 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         tracing::info!(%addr, "client listener ready");
         client_addrs.push(addr);
         let state = state.clone();
-        let handler = move |peer, req| proxy::handle(state.clone(), peer, false, req);
+        // Boxed so hyper's per-connection slot for the in-flight request stays small: the
+        // request future is large and finished long before a held response ends.
+        let handler = move |peer, req| Box::pin(proxy::handle(state.clone(), peer, false, req));
         shutdown.tracker.spawn(server::serve(
             listener,
             ListenerSettings {

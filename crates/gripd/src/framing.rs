@@ -217,8 +217,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
         if matches!(this.state, State::Tunnel) {
             return Poll::Ready(Ok(()));
         }
-        let new = buf.filled()[before..].to_vec();
-        if let Some(at) = this.scan(&new) {
+        if let Some(at) = this.scan(&buf.filled()[before..]) {
             buf.set_filled(before + at);
             let room = buf.remaining().min(POISON.len());
             buf.put_slice(&POISON[..room]);

@@ -644,7 +644,8 @@ impl StreamSession {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if self.relay.is_some() && self.relay_filters.is_some() {
-                let filtered = self.relay_filtered().await;
+                // Boxed: rare paths must not bloat every held connection's state.
+                let filtered = Box::pin(self.relay_filtered()).await;
                 self.relay_done();
                 match filtered {
                     Some(b) if !b.is_empty() => return Some(b),
@@ -671,7 +672,7 @@ impl StreamSession {
             }
             if self.fetch_due {
                 self.fetch_due = false;
-                if !self.fetch_next().await {
+                if !Box::pin(self.fetch_next()).await {
                     return None;
                 }
                 continue;
