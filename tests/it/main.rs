@@ -5,4 +5,5 @@
 mod grip_hold;
 mod passthrough;
 mod publish_http;
+mod publish_zmq;
 mod routes_reload;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod publish_http;
+pub mod publish_zmq;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
