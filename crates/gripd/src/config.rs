@@ -881,6 +881,7 @@ mod tests {
         assert_eq!(c.zmq_pull, "tcp://127.0.0.1:5560");
         assert_eq!(c.zmq_sub, vec!["tcp://127.0.0.1:5562".to_string()]);
         assert_eq!(c.zmq_command, "tcp://127.0.0.1:5563");
+        assert_eq!(c.zmq_hwm, DEFAULT_ZMQ_HWM);
         assert_eq!(c.route_lines, vec![DEFAULT_ROUTE.to_string()]);
         assert!(matches!(c.sig_key, SigKeySource::Random(_)));
         assert_eq!(c.sig_iss, "pushpin");
@@ -904,7 +905,7 @@ mod tests {
     #[test]
     fn every_problem_reported() {
         let e = parse(
-            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\n[log]\nformat = \"xml\"\n[nosuch]\n",
+            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\n[log]\nformat = \"xml\"\n[publish]\nzmq_hwm = 0\n[nosuch]\n",
         )
         .unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
@@ -915,6 +916,7 @@ mod tests {
             "nosuch",
             "server.http_addrs",
             "log.format",
+            "publish.zmq_hwm",
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
