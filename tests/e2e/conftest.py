@@ -76,6 +76,10 @@ def pushpin_offset():
     raise RuntimeError("no free port block for Pushpin")
 
 
+def gripd_binary():
+    return Path(os.environ.get("GRIPD_BIN") or REPO / "target" / "debug" / "gripd")
+
+
 class Proc:
     """A subprocess in its own process group, logging to a file; killed (group) at stop()."""
 
@@ -162,11 +166,17 @@ class Stack:
             self.offset = pushpin_offset()
             self.client_port = free_port()
             self.control_port = 5561 + self.offset
+            # ZeroMQ PULL, SUB (bound) and command sockets: Pushpin's defaults plus the offset.
+            self.zmq_ports = (5560 + self.offset, 5562 + self.offset, 5563 + self.offset)
         else:
-            self.client_port = free_port()
-            self.control_port = free_port()
-            while self.control_port == self.client_port:
-                self.control_port = free_port()
+            ports = set()
+            while len(ports) < 5:
+                ports.add(free_port())
+            self.client_port, self.control_port, *zmq = sorted(ports)
+            self.zmq_ports = tuple(zmq)
+        self.zmq_pull_uri, self.zmq_sub_uri, self.zmq_command_uri = (
+            "tcp://127.0.0.1:%d" % p for p in self.zmq_ports
+        )
         self.proxy_url = "http://127.0.0.1:%d" % self.client_port
         self.control_url = "http://127.0.0.1:%d" % self.control_port
 
@@ -223,8 +233,7 @@ class Stack:
         return "* 127.0.0.1:%d" % self.origin_port
 
     def start_gripd(self):
-        default = REPO / "target" / "debug" / "gripd"
-        binary = Path(os.environ.get("GRIPD_BIN") or default)
+        binary = gripd_binary()
         if not binary.is_file() or not os.access(binary, os.X_OK):
             raise FileNotFoundError(
                 "gripd binary not found at %s: build it (cargo build --bin gripd) or set GRIPD_BIN"
@@ -237,7 +246,18 @@ class Stack:
             "[proxy]\n"
             'sig_key = "%s"\n'
             "[publish]\n"
-            'http_addr = "127.0.0.1:%d"\n' % (self.client_port, self.sig_key, self.control_port)
+            'http_addr = "127.0.0.1:%d"\n'
+            'zmq_pull = "%s"\n'
+            'zmq_sub = ["%s"]\n'
+            'zmq_command = "%s"\n'
+            % (
+                self.client_port,
+                self.sig_key,
+                self.control_port,
+                self.zmq_pull_uri,
+                self.zmq_sub_uri,
+                self.zmq_command_uri,
+            )
         )
         return Proc(
             "gripd",

@@ -6,5 +6,6 @@ mod cli;
 mod grip_hold;
 mod passthrough;
 mod publish_http;
+mod publish_zmq;
 mod reliability;
 mod routes_reload;

@@ -98,7 +98,13 @@ pub struct Proxy {
     pub running: Option<gripd::app::Running>,
     pub client: SocketAddr,
     pub control: SocketAddr,
+    /// ZeroMQ endpoints: each input the test config leaves at its default binds
+    /// `tcp://127.0.0.1:*`, and this holds the real ports.
+    pub zmq: gripd::publish_zmq::ZmqEndpoints,
 }
+
+/// What the harness binds ZeroMQ inputs to unless the test config says otherwise.
+pub const ZMQ_ANY: &str = "tcp://127.0.0.1:*";
 
 impl Proxy {
     /// Starts gripd in-process with `routes` lines and extra TOML config.
@@ -120,7 +126,7 @@ impl Proxy {
             routes: routes.to_vec(),
             ..Default::default()
         };
-        let config = gripd::config::Config::from_toml_str(
+        let mut config = gripd::config::Config::from_toml_str(
             &text,
             Path::new("."),
             &BTreeMap::new(),
@@ -128,6 +134,17 @@ impl Proxy {
             None,
         )
         .unwrap_or_else(|e| panic!("bad test config: {e}"));
+        // Never the fixed default ZeroMQ ports: tests run in parallel.
+        let defaults = gripd::config::Config::defaults(&Default::default()).unwrap();
+        if config.zmq_pull == defaults.zmq_pull {
+            config.zmq_pull = ZMQ_ANY.into();
+        }
+        if config.zmq_sub == defaults.zmq_sub {
+            config.zmq_sub = vec![ZMQ_ANY.into()];
+        }
+        if config.zmq_command == defaults.zmq_command {
+            config.zmq_command = ZMQ_ANY.into();
+        }
         let (routes, errors) = gripd::app::load_routes(&config).unwrap();
         assert!(errors.is_empty(), "route errors: {errors:?}");
         let listeners = gripd::app::Listeners {
@@ -138,6 +155,7 @@ impl Proxy {
         Proxy {
             client: running.client_addrs[0],
             control: running.control_addr,
+            zmq: running.zmq.clone().unwrap_or_default(),
             running: Some(running),
         }
     }

@@ -1,5 +1,6 @@
 //! Composition root: binds (or takes) listeners, builds the hub, origin client and routes, and
-//! spawns the accept loops, the hub timer and the routes watcher. `Running` stops them.
+//! spawns the accept loops, the hub timer, the ZeroMQ thread and the routes watcher. `Running`
+//! stops them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::proxy::{self, RoutesHandle, State};
 use crate::publish_http::{self, ControlState};
+use crate::publish_zmq::{self, ZmqEndpoints};
 use crate::routes::{RouteError, Routes};
 use crate::server::{self, ListenerSettings};
 use crate::shutdown::Shutdown;
@@ -35,6 +37,11 @@ pub struct Running {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub routes: RoutesHandle,
+    /// The ZeroMQ endpoints in use (real ports when configured as `tcp://host:*`); `None` when
+    /// every ZeroMQ input is disabled.
+    pub zmq: Option<ZmqEndpoints>,
+    /// Stops the ZeroMQ thread when `Running` is dropped without `shutdown`.
+    _zmq_stop: Option<tokio_util::sync::DropGuard>,
     routes_file: Option<std::path::PathBuf>,
     shutdown: Shutdown,
 }
@@ -151,6 +158,9 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         .tracker
         .spawn(hub.clone().run_ticker(shutdown.token.clone()));
 
+    let (zmq, zmq_stop) = publish_zmq::start(&config, hub.clone(), metrics.clone(), &shutdown)?
+        .map_or((None, None), |(e, stop)| (Some(e), Some(stop)));
+
     if let Some(path) = config.routes_file.clone() {
         shutdown
             .tracker
@@ -163,6 +173,8 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         hub,
         metrics,
         routes,
+        zmq,
+        _zmq_stop: zmq_stop,
         routes_file: config.routes_file.clone(),
         shutdown,
     })

@@ -47,6 +47,8 @@ pub struct RunArgs {
 pub enum Command {
     /// Validate the configuration and routes, print problems, and exit (64 when invalid).
     CheckConfig(RunArgs),
+    /// Publish one item to a running gripd or Pushpin (flag-compatible with `pushpin-publish`).
+    Publish(crate::publish_cli::PublishArgs),
 }
 
 impl RunArgs {

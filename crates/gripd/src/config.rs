@@ -24,6 +24,8 @@ pub const DEFAULT_PUBLISH_HTTP_PORT: u16 = 5561;
 pub const DEFAULT_ZMQ_SUB_PORT: u16 = 5562;
 /// Default ZeroMQ command (ZRPC) port.
 pub const DEFAULT_ZMQ_COMMAND_PORT: u16 = 5563;
+/// Receive high-water mark of each ZeroMQ input socket (messages queued inside libzmq).
+pub const DEFAULT_ZMQ_HWM: i32 = 1000;
 /// Default route when no routes file and no `--route` is given.
 pub const DEFAULT_ROUTE: &str = "* 127.0.0.1:8000";
 /// Maximum simultaneous client connections (Pushpin's `client_maxconn`).
@@ -101,6 +103,7 @@ pub struct RawPublish {
     pub zmq_sub: Option<Vec<String>>,
     pub zmq_sub_connect: Option<bool>,
     pub zmq_command: Option<String>,
+    pub zmq_hwm: Option<i32>,
 }
 
 /// The `[hold]` table.
@@ -223,6 +226,8 @@ pub struct Config {
     pub zmq_sub: Vec<String>,
     pub zmq_sub_connect: bool,
     pub zmq_command: String,
+    /// Receive high-water mark of the ZeroMQ input sockets.
+    pub zmq_hwm: i32,
 
     pub connection_subscription_max: usize,
     pub connection_queue_max: usize,
@@ -555,6 +560,13 @@ impl Config {
             }
         }
 
+        let zmq_hwm = positive(
+            raw.publish.zmq_hwm,
+            DEFAULT_ZMQ_HWM,
+            "publish.zmq_hwm",
+            &mut err,
+        );
+
         // [hold]
         let h = &raw.hold;
         let connection_subscription_max = positive(
@@ -630,6 +642,7 @@ impl Config {
             zmq_sub,
             zmq_sub_connect: raw.publish.zmq_sub_connect.unwrap_or(false),
             zmq_command,
+            zmq_hwm,
             connection_subscription_max,
             connection_queue_max,
             subscription_linger: Duration::from_secs(
@@ -868,6 +881,7 @@ mod tests {
         assert_eq!(c.zmq_pull, "tcp://127.0.0.1:5560");
         assert_eq!(c.zmq_sub, vec!["tcp://127.0.0.1:5562".to_string()]);
         assert_eq!(c.zmq_command, "tcp://127.0.0.1:5563");
+        assert_eq!(c.zmq_hwm, DEFAULT_ZMQ_HWM);
         assert_eq!(c.route_lines, vec![DEFAULT_ROUTE.to_string()]);
         assert!(matches!(c.sig_key, SigKeySource::Random(_)));
         assert_eq!(c.sig_iss, "pushpin");
@@ -891,7 +905,7 @@ mod tests {
     #[test]
     fn every_problem_reported() {
         let e = parse(
-            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\n[log]\nformat = \"xml\"\n[nosuch]\n",
+            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\n[log]\nformat = \"xml\"\n[publish]\nzmq_hwm = 0\n[nosuch]\n",
         )
         .unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
@@ -902,6 +916,7 @@ mod tests {
             "nosuch",
             "server.http_addrs",
             "log.format",
+            "publish.zmq_hwm",
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }

@@ -3,8 +3,8 @@
 //!
 //! Modules in reading order: `config` → `app` (composition root) → `server` (accept loops) →
 //! `proxy` (client service) → `origin` (origin client) → `hold` (held connections) → `hub`
-//! (channels and fan-out) → `publish_http` (control API) → `routes`, `metrics`, `error`,
-//! `shutdown`, `telemetry`.
+//! (channels and fan-out) → `publish_http` (control API) → `publish_zmq` (ZeroMQ inputs) →
+//! `publish_cli` (`gripd publish`) → `routes`, `metrics`, `error`, `shutdown`, `telemetry`.
 
 pub mod app;
 pub mod cli;
@@ -16,7 +16,9 @@ pub mod hub;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod publish_cli;
 pub mod publish_http;
+pub mod publish_zmq;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

@@ -19,6 +19,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Some(Command::CheckConfig(args)) => (args, true),
+        Some(Command::Publish(args)) => {
+            return match gripd::publish_cli::run(&args) {
+                Ok(()) => {
+                    println!("Published");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => (cli.run, false),
     };
     let config = match load(&args) {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub dropped_duplicate: Counter,
     /// Items dropped by the sequencer (too many waiting on a channel).
     pub dropped_sequence: Counter,
+    /// ZeroMQ messages skipped as malformed (bad encoding, missing channel, wrong frame count).
+    pub dropped_zmq_invalid: Counter,
     /// Next-link and retry requests made by gripd itself.
     pub origin_refreshes: Counter,
 }
@@ -124,6 +126,7 @@ impl Metrics {
             dropped_queue_full: c(&dropped, "reason", "queue_full"),
             dropped_duplicate: c(&dropped, "reason", "duplicate"),
             dropped_sequence: c(&dropped, "reason", "sequence_overflow"),
+            dropped_zmq_invalid: c(&dropped, "reason", "zmq_invalid"),
             origin_refreshes,
             registry,
         }
