@@ -103,7 +103,7 @@ async fn serve(
             .clone();
         let path = req.uri().path();
         match routes.find(host_only, path, is_ws, https) {
-            Some(r) => Arc::new(r.clone()),
+            Some(r) => r.clone(),
             None => return Err((String::new(), ProxyError::NoRoute(host_only.to_string()))),
         }
     };

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -38,8 +39,8 @@ mod tests;
 /// Parsed routes, indexed for lookup by domain and by id.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    /// Every route that loaded, in file order.
-    routes: Vec<Route>,
+    /// Every route that loaded, in file order; shared so a request can keep its route cheaply.
+    routes: Vec<Arc<Route>>,
     /// Indexes into `routes` of the routes of each exact domain, keyed by the lowercased domain.
     by_domain: HashMap<String, Vec<usize>>,
     /// Indexes into `routes` of the `*` routes.
@@ -282,7 +283,7 @@ impl Routes {
 
     /// The routes in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Route> + '_ {
-        self.routes.iter()
+        self.routes.iter().map(|r| r.as_ref())
     }
 
     /// Picks the route for a request.
@@ -291,11 +292,11 @@ impl Routes {
     /// encoded path (anything from `?` on is ignored). As in Pushpin, when the file has routes
     /// for the request's domain only those are considered, even if none of them matches; the `*`
     /// routes are used only for domains the file does not name.
-    pub fn find(&self, host: &str, path: &str, is_ws: bool, is_https: bool) -> Option<&Route> {
+    pub fn find(&self, host: &str, path: &str, is_ws: bool, is_https: bool) -> Option<&Arc<Route>> {
         let path = path.split('?').next().unwrap_or(path);
         let domain = host_without_port(host).to_ascii_lowercase();
         let candidates = self.by_domain.get(&domain).unwrap_or(&self.wildcard);
-        let mut best: Option<&Route> = None;
+        let mut best: Option<&Arc<Route>> = None;
         for route in candidates.iter().filter_map(|&i| self.routes.get(i)) {
             if !route.condition.matches(path, is_ws, is_https) {
                 continue;
@@ -316,7 +317,7 @@ impl Routes {
     /// Looks a route up by id: its explicit `id=`, or for routes without one the id Pushpin
     /// generates from the condition (see [`Route::condition_id`]). An id shared by several routes
     /// finds nothing. The path is not checked: call [`Route::matches_path`] before using the route.
-    pub fn find_by_id(&self, id: &str) -> Option<&Route> {
+    pub fn find_by_id(&self, id: &str) -> Option<&Arc<Route>> {
         self.by_id
             .get(id)
             .copied()
@@ -350,7 +351,7 @@ impl Routes {
             .entry(id)
             .and_modify(|slot| *slot = None)
             .or_insert(Some(index));
-        self.routes.push(route);
+        self.routes.push(Arc::new(route));
         Ok(())
     }
 }
