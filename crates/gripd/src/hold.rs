@@ -483,11 +483,14 @@ struct StreamSession {
 }
 
 fn stream(
-    ctx: HoldContext,
+    mut ctx: HoldContext,
     instruct: Instruct,
     head: Response<()>,
     initial: Option<Body>,
 ) -> Result<Response<Body>, ProxyError> {
+    // Next-link requests carry no client headers or body: a held stream need not keep them.
+    ctx.request.headers = HeaderMap::new();
+    ctx.request.body = None;
     let state = ctx.state.clone();
     let (tx, rx) = Hub::queue(state.config.connection_queue_max);
     let weak = tx.downgrade();
