@@ -8,3 +8,4 @@ mod passthrough;
 mod publish_http;
 mod reliability;
 mod routes_reload;
+mod ws;

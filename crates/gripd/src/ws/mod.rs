@@ -52,6 +52,9 @@ pub const MESSAGE_MAX: usize = 16 << 20;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing session waits for the other side's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a session ending on shutdown waits for the client's close answer (well inside the
+/// default 5 s shutdown deadline).
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Largest control-frame payload (RFC 6455 §5.5).
 const CONTROL_PAYLOAD_MAX: usize = 125;
 /// Close code sent on shutdown ("going away").

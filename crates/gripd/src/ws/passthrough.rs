@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::{
     client_socket, close_frame, grip_extension, sleep_until_opt, switching_protocols, ws_config,
-    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT,
+    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
 };
 use crate::error::ProxyError;
 use crate::origin::{self, Body, ClientRequest};
@@ -274,6 +274,8 @@ async fn shutdown(client: &mut super::ClientWs, origin: &mut OriginWs, origin_op
             .send(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))))
             .await;
     }
-    let _ =
-        tokio::time::timeout(CLOSE_WAIT, async { while client.next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(SHUTDOWN_CLOSE_WAIT, async {
+        while client.next().await.is_some() {}
+    })
+    .await;
 }

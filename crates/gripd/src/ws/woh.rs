@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use super::{
     client_socket, close_frame, grip_extension, sleep_until_opt, switching_protocols, ClientWs,
-    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT,
+    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
 };
 use crate::error::ProxyError;
 use crate::hub::Delivery;
@@ -470,7 +470,7 @@ impl Session {
             )
             .await;
         }
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        let _ = tokio::time::timeout(SHUTDOWN_CLOSE_WAIT, async {
             while self.client.next().await.is_some() {}
         })
         .await;
