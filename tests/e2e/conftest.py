@@ -167,7 +167,12 @@ class Stack:
             self.control_port = free_port()
             while self.control_port == self.client_port:
                 self.control_port = free_port()
+        # A plain WebSocket origin (tests/e2e/test_ws.py) listens here while its tests run.
+        self.ws_origin_port = free_port()
+        while self.ws_origin_port in (self.client_port, self.control_port, self.origin_port):
+            self.ws_origin_port = free_port()
         self.proxy_url = "http://127.0.0.1:%d" % self.client_port
+        self.ws_url = "ws://127.0.0.1:%d" % self.client_port
         self.control_url = "http://127.0.0.1:%d" % self.control_port
 
     @property
@@ -219,8 +224,14 @@ class Stack:
 
     # --- proxy --------------------------------------------------------------------------------
 
-    def route(self):
-        return "* 127.0.0.1:%d" % self.origin_port
+    def routes(self):
+        return [
+            "* 127.0.0.1:%d" % self.origin_port,
+            # django-grip's wscontext view: WebSocket-over-HTTP.
+            "*,path_beg=/ws/ 127.0.0.1:%d,over_http" % self.origin_port,
+            # A plain WebSocket origin (Python websockets), started by the tests that use it.
+            "*,path_beg=/wsplain/ 127.0.0.1:%d" % self.ws_origin_port,
+        ]
 
     def start_gripd(self):
         default = REPO / "target" / "debug" / "gripd"
@@ -241,7 +252,7 @@ class Stack:
         )
         return Proc(
             "gripd",
-            [str(binary), "--config", str(conf), "--route", self.route()],
+            [str(binary), "--config", str(conf)] + [a for r in self.routes() for a in ("--route", r)],
             self.workdir / "gripd.log",
         )
 
@@ -255,9 +266,8 @@ class Stack:
                 "--rundir", str(self.workdir / "pushpin"),
                 "--offset", str(self.offset),
                 "--http-port", "127.0.0.1:%d" % self.client_port,
-                "--route", self.route(),
                 "--sig-key", self.sig_key,
-            ],
+            ] + [a for r in self.routes() for a in ("--route", r)],
             self.workdir / "pushpin.log",
         )
 

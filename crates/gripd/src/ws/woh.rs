@@ -380,6 +380,8 @@ impl Session {
                 WsEvent::Close(c) => {
                     self.origin_open = false;
                     self.pending.clear();
+                    // django-grip sends code 0 for "no code": only real codes go out.
+                    let c = c.filter(|(code, _)| *code >= 1000);
                     Some(Effect::Close(c.map(|(code, reason)| {
                         close_frame(code, &String::from_utf8_lossy(&reason))
                     })))
