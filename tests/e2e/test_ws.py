@@ -66,11 +66,17 @@ def test_wscontext_accepts_subscribes_echoes_receives_publish_and_closes_1000(pr
         assert frame is not None and frame.code == 1000
 
 
+@pytest.mark.pushpin_difference(
+    "Pushpin 1.36: after a client close 1000, django-grip answers CLOSE with code 0 ('no code') and "
+    "the client's closing handshake ends abnormally (1006)"
+)
 def test_wscontext_client_close(proxy):
     ch = unique("wsc")
     with ws_connect(proxy.ws_url + "/ws/?channel=" + ch) as ws:
         assert ws.recv(timeout=WAIT) == "welcome"
         ws.close(code=1000)
+        if proxy.is_pushpin and ws.close_code != 1000:
+            pytest.xfail("Pushpin 1.36: close code %r" % ws.close_code)
         assert ws.close_code == 1000
 
 
@@ -127,7 +133,7 @@ def test_plain_websocket_origin_text_binary_and_close_codes(proxy, echo_origin):
         assert ws.recv(timeout=WAIT) == "hello"
         ws.send(b"\x00\x01\xff")
         assert ws.recv(timeout=WAIT) == b"\x00\x01\xff"
-        big = b"z" * (200 * 1024)
+        big = bytes(range(256)) * 600  # 150 kB
         ws.send(big)
         assert ws.recv(timeout=WAIT) == big
         # Client close with a code and reason reaches the origin.
@@ -143,3 +149,20 @@ def test_plain_websocket_origin_text_binary_and_close_codes(proxy, echo_origin):
         assert rest == []
         assert frame is not None
         assert (frame.code, frame.reason) == (4001, "origin bye")
+
+
+@pytest.mark.pushpin_difference(
+    "Pushpin 1.36 does not relay messages of ~200 kB and more (150 kB passes); gripd relays up to "
+    "16 MiB"
+)
+def test_plain_websocket_origin_one_megabyte_message(proxy, echo_origin):
+    with ws_connect(proxy.ws_url + "/wsplain/big") as ws:
+        big = "y" * (1024 * 1024)
+        ws.send(big)
+        try:
+            got = ws.recv(timeout=WAIT)
+        except (ConnectionClosed, TimeoutError) as e:
+            if proxy.is_pushpin:
+                pytest.xfail("Pushpin 1.36: %r" % e)
+            raise
+        assert got == big
