@@ -468,3 +468,24 @@ async fn woh_shutdown_closes_with_1001() {
     assert_eq!(close_of(m).0, 1001);
     assert!(clean, "shutdown hit its deadline");
 }
+
+#[tokio::test]
+async fn passthrough_shutdown_closes_with_1001() {
+    let mut o = ws_origin(true).await;
+    let mut proxy = Proxy::start(&[format!("* {}", o.addr)], "").await;
+    let mut ws = ws_connect(proxy.client, "/", &[]).await.unwrap();
+    ws.send(Message::text(r#"ctl:{"type":"subscribe","channel":"sd"}"#))
+        .await
+        .unwrap();
+    proxy.wait_subscribed("sd").await;
+    assert_eq!(proxy.running.as_ref().unwrap().metrics.held_ws.get(), 1);
+    let running = proxy.running.take().unwrap();
+    let (clean, m) = tokio::join!(running.shutdown(Duration::from_secs(5)), ws_next(&mut ws));
+    assert_eq!(close_of(m).0, 1001);
+    assert!(clean, "shutdown hit its deadline");
+    // The origin is told too.
+    assert_eq!(
+        recv(&mut o.closes, "origin close").await.map(|c| c.0),
+        Some(1001)
+    );
+}

@@ -492,6 +492,7 @@ impl Drop for WsOrigin {
 }
 
 /// Starts a WebSocket echo origin; `grip` makes it answer with `Sec-WebSocket-Extensions: grip`.
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 pub async fn ws_origin(grip: bool) -> WsOrigin {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::server::{Request as HsReq, Response as HsResp};

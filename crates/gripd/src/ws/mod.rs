@@ -378,7 +378,7 @@ impl GripSession {
             match grip::apply_content_filters(&ch.filters, &fctx, fmt.content.clone()) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(channel = %ch.name, error = %e, "content filter failed, message dropped");
+                    tracing::debug!(channel = %ch.name, error = %e, "content filter failed, dropped");
                     return None;
                 }
             }
@@ -387,7 +387,7 @@ impl GripSession {
     }
 
     /// Classifies a data message from the origin (GRIP mode): control, prefixed data, or dropped.
-    fn from_origin(&self, kind: WsMessageType, data: Bytes) -> FromOrigin {
+    fn classify_origin(&self, kind: WsMessageType, data: Bytes) -> FromOrigin {
         let Some(prefix) = &self.prefix else {
             return FromOrigin::Relay(message(kind, data));
         };

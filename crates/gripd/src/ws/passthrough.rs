@@ -157,10 +157,12 @@ async fn relay(
                         (Message::Ping(p), _) => Some(Message::Ping(p)),
                         (m, None) => Some(m),
                         (Message::Text(t), Some(g)) => {
-                            handle(g, g.from_origin(WsMessageType::Text, t.into()), &mut origin_open)
+                            let m = g.classify_origin(WsMessageType::Text, t.into());
+                            handle(g, m, &mut origin_open)
                         }
                         (Message::Binary(b), Some(g)) => {
-                            handle(g, g.from_origin(WsMessageType::Binary, b), &mut origin_open)
+                            let m = g.classify_origin(WsMessageType::Binary, b);
+                            handle(g, m, &mut origin_open)
                         }
                     };
                     if was_open && !origin_open {
@@ -209,7 +211,8 @@ async fn relay(
                 }
             },
             _ = sleep_until_opt(timer) => {
-                let due = grip.as_mut().map(|g| g.on_timer(tokio::time::Instant::now())).unwrap_or_default();
+                let now = tokio::time::Instant::now();
+                let due = grip.as_mut().map(|g| g.on_timer(now)).unwrap_or_default();
                 for m in due {
                     if send_client(&mut client, grip.as_mut(), m).await.is_err() {
                         break;

@@ -258,15 +258,14 @@ impl Session {
                             self.origin_open = false;
                             self.pending.clear();
                             if self.client_open {
-                                let _ = self.client.send(Message::Close(Some(close_frame(1011, "")))).await;
-                                self.close_sent();
+                                self.close_client(Some(close_frame(1011, ""))).await;
                             }
                         }
                     }
                 }
                 m = self.client.next(), if read_client => {
                     let closing = matches!(m, Some(Ok(Message::Close(_))));
-                    self.from_client(m);
+                    self.on_client_message(m);
                     if closing {
                         // Sends tungstenite's queued answer to the client's close.
                         let _ = self.client.flush().await;
@@ -301,7 +300,10 @@ impl Session {
     }
 
     /// Queues what the client sent as events for the origin.
-    fn from_client(&mut self, m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+    fn on_client_message(
+        &mut self,
+        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) {
         let event = match m {
             Some(Ok(Message::Text(t))) => WsEvent::Text(t.into()),
             Some(Ok(Message::Binary(b))) => WsEvent::Binary(b),
@@ -373,8 +375,8 @@ impl Session {
             }
             let out = match event {
                 WsEvent::Open => None,
-                WsEvent::Text(t) => self.from_origin(WsMessageType::Text, t),
-                WsEvent::Binary(b) => self.from_origin(WsMessageType::Binary, b),
+                WsEvent::Text(t) => self.origin_message(WsMessageType::Text, t),
+                WsEvent::Binary(b) => self.origin_message(WsMessageType::Binary, b),
                 WsEvent::Ping(p) => Some(Effect::Send(super::message(WsMessageType::Ping, p))),
                 WsEvent::Pong(_) => None,
                 WsEvent::Close(c) => {
@@ -398,8 +400,8 @@ impl Session {
         Ok(())
     }
 
-    fn from_origin(&mut self, kind: WsMessageType, data: Bytes) -> Option<Effect> {
-        match self.grip.from_origin(kind, data) {
+    fn origin_message(&mut self, kind: WsMessageType, data: Bytes) -> Option<Effect> {
+        match self.grip.classify_origin(kind, data) {
             FromOrigin::Relay(m) => Some(Effect::Send(m)),
             FromOrigin::Drop => None,
             FromOrigin::Control(c) => self.grip.control(c),
