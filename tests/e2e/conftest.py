@@ -177,7 +177,12 @@ class Stack:
         self.zmq_pull_uri, self.zmq_sub_uri, self.zmq_command_uri = (
             "tcp://127.0.0.1:%d" % p for p in self.zmq_ports
         )
+        # A plain WebSocket origin (tests/e2e/test_ws.py) listens here while its tests run.
+        self.ws_origin_port = free_port()
+        while self.ws_origin_port in (self.client_port, self.control_port, self.origin_port, *self.zmq_ports):
+            self.ws_origin_port = free_port()
         self.proxy_url = "http://127.0.0.1:%d" % self.client_port
+        self.ws_url = "ws://127.0.0.1:%d" % self.client_port
         self.control_url = "http://127.0.0.1:%d" % self.control_port
 
     @property
@@ -229,8 +234,14 @@ class Stack:
 
     # --- proxy --------------------------------------------------------------------------------
 
-    def route(self):
-        return "* 127.0.0.1:%d" % self.origin_port
+    def routes(self):
+        return [
+            "* 127.0.0.1:%d" % self.origin_port,
+            # django-grip's wscontext view: WebSocket-over-HTTP.
+            "*,path_beg=/ws/ 127.0.0.1:%d,over_http" % self.origin_port,
+            # A plain WebSocket origin (Python websockets), started by the tests that use it.
+            "*,path_beg=/wsplain/ 127.0.0.1:%d" % self.ws_origin_port,
+        ]
 
     def start_gripd(self):
         binary = gripd_binary()
@@ -261,7 +272,7 @@ class Stack:
         )
         return Proc(
             "gripd",
-            [str(binary), "--config", str(conf), "--route", self.route()],
+            [str(binary), "--config", str(conf)] + [a for r in self.routes() for a in ("--route", r)],
             self.workdir / "gripd.log",
         )
 
@@ -275,9 +286,8 @@ class Stack:
                 "--rundir", str(self.workdir / "pushpin"),
                 "--offset", str(self.offset),
                 "--http-port", "127.0.0.1:%d" % self.client_port,
-                "--route", self.route(),
                 "--sig-key", self.sig_key,
-            ],
+            ] + [a for r in self.routes() for a in ("--route", r)],
             self.workdir / "pushpin.log",
         )
 

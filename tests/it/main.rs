@@ -9,3 +9,4 @@ mod publish_http;
 mod publish_zmq;
 mod reliability;
 mod routes_reload;
+mod ws;

@@ -411,3 +411,187 @@ fn tracing_subscriber_init() -> Option<()> {
     gripd::telemetry::init("debug", gripd::config::LogFormat::Text, None);
     Some(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets
+
+/// A WebSocket client connection (plain TCP).
+pub type WsClient = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+pub use tokio_tungstenite::tungstenite::Message;
+
+/// Opens a WebSocket to `ws://addr{path}` with extra request headers (bounded by `WAIT`).
+/// On a rejected handshake returns the error (for `Error::Http`, the status and head).
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tokio::time::timeout(WAIT, async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async(req, stream)
+            .await
+            .map(|(ws, _)| ws)
+    })
+    .await
+    .expect("websocket connect timed out")
+}
+
+/// The next message from `ws` that is not a ping or pong (bounded by `WAIT`); `None` at the end.
+pub async fn ws_next(ws: &mut WsClient) -> Option<Message> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m @ Message::Close(_))) => {
+                    // Send the answer tungstenite queued, as a real client does.
+                    let _ = futures_util::SinkExt::flush(ws).await;
+                    return Some(m);
+                }
+                Some(Ok(m)) => return Some(m),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a websocket message")
+}
+
+/// Asserts no data message arrives on `ws` for `d`.
+pub async fn ws_silence(ws: &mut WsClient, d: Duration) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(d, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => panic!("unexpected websocket message: {m:?}"),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// What a WebSocket origin saw.
+#[derive(Debug, Clone)]
+pub struct WsSeen {
+    /// Path and query of the handshake.
+    pub path: String,
+    pub headers: http::HeaderMap,
+}
+
+/// A WebSocket echo origin on 127.0.0.1:0.
+///
+/// Echoes text and binary (in GRIP mode with the `m:` prefix). Text commands: `close:<code>:<reason>`
+/// makes it close with that code; `ctl:<json>` sends the control message `c:<json>`; `raw:<text>`
+/// sends `<text>` unprefixed. Every handshake is reported on `handshakes`, every close frame it
+/// receives on `closes`.
+pub struct WsOrigin {
+    pub addr: SocketAddr,
+    pub handshakes: tokio::sync::mpsc::UnboundedReceiver<WsSeen>,
+    pub closes: tokio::sync::mpsc::UnboundedReceiver<Option<(u16, String)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WsOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a WebSocket echo origin; `grip` makes it answer with `Sec-WebSocket-Extensions: grip`.
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+pub async fn ws_origin(grip: bool) -> WsOrigin {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as HsReq, Response as HsResp};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hs_tx, handshakes) = tokio::sync::mpsc::unbounded_channel();
+    let (close_tx, closes) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let hs_tx = hs_tx.clone();
+            let close_tx = close_tx.clone();
+            tokio::spawn(async move {
+                let cb = |req: &HsReq, mut resp: HsResp| {
+                    let _ = hs_tx.send(WsSeen {
+                        path: req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_default(),
+                        headers: req.headers().clone(),
+                    });
+                    if grip {
+                        resp.headers_mut().insert(
+                            "sec-websocket-extensions",
+                            http::HeaderValue::from_static("grip"),
+                        );
+                    }
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                let prefix = |b: &[u8]| -> Vec<u8> {
+                    if grip {
+                        [b"m:".as_slice(), b].concat()
+                    } else {
+                        b.to_vec()
+                    }
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    let out = match m {
+                        Message::Text(t) => {
+                            let t = t.as_str();
+                            if let Some(rest) = t.strip_prefix("close:") {
+                                let (code, reason) = rest.split_once(':').unwrap();
+                                let frame = CloseFrame {
+                                    code: CloseCode::from(code.parse::<u16>().unwrap()),
+                                    reason: reason.to_string().into(),
+                                };
+                                let _ = ws.close(Some(frame)).await;
+                                continue;
+                            } else if let Some(json) = t.strip_prefix("ctl:") {
+                                Message::text(format!("c:{json}"))
+                            } else if let Some(raw) = t.strip_prefix("raw:") {
+                                Message::text(raw.to_string())
+                            } else {
+                                Message::text(String::from_utf8(prefix(t.as_bytes())).unwrap())
+                            }
+                        }
+                        Message::Binary(b) => Message::binary(prefix(&b)),
+                        Message::Close(f) => {
+                            let _ =
+                                close_tx.send(f.map(|f| (u16::from(f.code), f.reason.to_string())));
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if ws.send(out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    WsOrigin {
+        addr,
+        handshakes,
+        closes,
+        task,
+    }
+}

@@ -2,9 +2,10 @@
 //! instructions are held open and fed by publishes. See docs/ARCHITECTURE.md for the codemap.
 //!
 //! Modules in reading order: `config` → `app` (composition root) → `server` (accept loops) →
-//! `proxy` (client service) → `origin` (origin client) → `hold` (held connections) → `hub`
-//! (channels and fan-out) → `publish_http` (control API) → `publish_zmq` (ZeroMQ inputs) →
-//! `publish_cli` (`gripd publish`) → `routes`, `metrics`, `error`, `shutdown`, `telemetry`.
+//! `proxy` (client service) → `origin` (origin client) → `hold` (held connections) → `ws`
+//! (WebSockets: pass-through and WebSocket-over-HTTP) → `hub` (channels and fan-out) →
+//! `publish_http` (control API) → `publish_zmq` (ZeroMQ inputs) → `publish_cli`
+//! (`gripd publish`) → `routes`, `metrics`, `error`, `shutdown`, `telemetry`.
 
 pub mod app;
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod ws;

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::origin::{self, Body, ClientRequest, Origin};
 use crate::routes::{Route, Routes, TargetKind};
 use crate::shutdown::Shutdown;
+use crate::ws;
 
 /// The current routes; replaced whole on reload, so a request keeps the routes it started with.
 pub type RoutesHandle = Arc<RwLock<Arc<Routes>>>;
@@ -116,6 +117,24 @@ async fn serve(
         Some(TargetKind::Test)
     ) {
         return Ok(test_handler(&path_and_query));
+    }
+
+    if is_ws {
+        let hs = ws::Handshake {
+            peer,
+            https,
+            host,
+            path_and_query,
+        };
+        return ws::serve(state, route, req, hs)
+            .await
+            .map_err(|e| (route_name, e));
+    }
+    if route.targets.first().is_some_and(|t| t.over_http) && ws::is_events_request(req.headers()) {
+        return Ok(text_response(
+            StatusCode::FORBIDDEN,
+            "Client not allowed to send WebSocket events directly.\n",
+        ));
     }
 
     let (parts, body) = req.into_parts();

@@ -11,6 +11,8 @@ urlpatterns = [
     path("store/<str:ch>/", views.store),
     path("login/", views.login_view),
     path("revoke/<str:ch>/", views.revoke),
+    # WebSocket-over-HTTP (route over_http): django-grip's request.wscontext
+    path("ws/", views.ws),
     # django-eventstream: one channel from the URL, or several with ?channel=a&channel=b
     path("events/<str:channel>/", include(django_eventstream.urls), {"format-channels": ["{channel}"]}),
     path("events/", include(django_eventstream.urls)),

@@ -135,3 +135,32 @@ def revoke(request, ch):
     user.groups.add(group)
     channel_permission_changed(user, ch)
     return JsonResponse({"kicked": user.pk})
+
+
+def ws(request):
+    """WebSocket-over-HTTP with django-grip's `request.wscontext` (route `over_http`).
+
+    On open: accept, subscribe to ?channel=, send `welcome`. Then echo each message as `echo:<msg>`;
+    the message `close` closes the socket with 1000, as does the client closing.
+    """
+    ws = getattr(request, "wscontext", None)
+    if ws is None:
+        return HttpResponseBadRequest("not a WebSocket-over-HTTP request\n")
+    channel = request.GET.get("channel", "ws")
+    if ws.is_opening():
+        ws.accept()
+        ws.subscribe(channel)
+        ws.send("welcome")
+    while ws.can_recv():
+        try:
+            message = ws.recv()
+        except IOError:  # DISCONNECT: the client went away
+            break
+        if message is None:
+            ws.close()
+            break
+        if message == "close":
+            ws.close(code=1000)
+            break
+        ws.send("echo:%s" % message)
+    return HttpResponse()
