@@ -538,3 +538,50 @@ async fn stream_prev_id_gap_recovers_through_next_link_with_grip_last() {
     p.publish(json!({"items": [{"channel": "g", "id": "4", "prev-id": "3", "http-stream": {"content": "four\n"}}]})).await;
     s.read_until("four\n").await;
 }
+
+#[tokio::test]
+async fn idle_keep_alive_is_reset_by_published_data() {
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:kr&h=Grip-Keep-Alive:ka%5Cn;%20format=cstring;%20timeout=2", &[]).await;
+    p.wait_subscribed("kr").await;
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut i = 0;
+    while std::time::Instant::now() < until {
+        p.publish_stream("kr", &format!("d{i}\n")).await;
+        s.read_until(&format!("d{i}\n")).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !String::from_utf8_lossy(&s.received).contains("ka\n"),
+        "keep-alive sent while data flowed"
+    );
+    // Idle now: the keep-alive comes within its timeout.
+    s.read_until("ka\n").await;
+}
+
+#[tokio::test]
+async fn next_link_refetched_after_its_timeout_without_messages() {
+    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        let hs = [
+            ("Grip-Hold", "stream"),
+            ("Grip-Channel", "lt"),
+            ("Grip-Link", "</next>; rel=next; timeout=1"),
+        ];
+        if req.uri().path() == "/next" {
+            resp(200, &hs, "refreshed\n")
+        } else {
+            resp(200, &hs, "open\n")
+        }
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/", &[]).await;
+    let started = std::time::Instant::now();
+    s.read_until("refreshed\n").await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}

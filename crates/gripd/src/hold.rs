@@ -13,6 +13,7 @@
 //! when a next-link response ends without a hold.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::OnceCell;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::error::ProxyError;
 use crate::hub::{Delivery, DeliveryRx, DeliveryTx, Hub, Mode, Subscription, WeakDeliveryTx};
@@ -462,10 +463,11 @@ struct StreamSession {
     prev_ids: BTreeMap<String, String>,
     meta: BTreeMap<String, String>,
     keep_alive: Option<grip::KeepAlive>,
-    ka_deadline: Instant,
+    /// Fires when a keep-alive is due; reset, not recreated, on every write (timer-wheel cost).
+    ka_sleep: Option<Pin<Box<Sleep>>>,
     next_link: Option<grip::NextLink>,
     /// When the next link must be fetched again (no message on some channel within its timeout).
-    link_deadline: Option<Instant>,
+    link_sleep: Option<Pin<Box<Sleep>>>,
     /// Origin body being relayed (the initial body, or a next-link response's).
     relay: Option<Body>,
     /// Content filters (`build-id`, `var-subst`) to apply to the relayed body as a whole, as
@@ -502,9 +504,9 @@ fn stream(
         prev_ids: BTreeMap::new(),
         meta: BTreeMap::new(),
         keep_alive: None,
-        ka_deadline: Instant::now(),
+        ka_sleep: None,
         next_link: None,
-        link_deadline: None,
+        link_sleep: None,
         relay: initial,
         relay_filters: None,
         fetch_after_relay: false,
@@ -554,11 +556,15 @@ impl StreamSession {
             self.meta = instruct.meta.iter().cloned().collect();
         }
         if let Some(link) = instruct.next_link.clone() {
-            self.link_deadline = Some(Instant::now() + Duration::from_secs(link.timeout_secs));
+            let at = Instant::now() + Duration::from_secs(link.timeout_secs);
+            match self.link_sleep.as_mut() {
+                Some(s) => s.as_mut().reset(at),
+                None => self.link_sleep = Some(Box::pin(sleep_until(at))),
+            }
             self.next_link = Some(link);
         } else {
             self.next_link = None;
-            self.link_deadline = None;
+            self.link_sleep = None;
         }
         // Proxied content gets the content filters of the instructions' channels.
         for spec in &instruct.channels {
@@ -636,10 +642,25 @@ impl StreamSession {
     }
 
     fn reset_keep_alive(&mut self) {
-        if let Some(ka) = &self.keep_alive {
-            let jitter = rand::random::<u64>() % KEEPALIVE_JITTER_MS;
-            let ms = (ka.timeout_secs * 1000).saturating_sub(jitter).max(500);
-            self.ka_deadline = Instant::now() + Duration::from_millis(ms);
+        let Some(ka) = &self.keep_alive else {
+            self.ka_sleep = None;
+            return;
+        };
+        let jitter = rand::random::<u64>() % KEEPALIVE_JITTER_MS;
+        let ms = (ka.timeout_secs * 1000).saturating_sub(jitter).max(500);
+        let at = Instant::now() + Duration::from_millis(ms);
+        match self.ka_sleep.as_mut() {
+            Some(s) => s.as_mut().reset(at),
+            None => self.ka_sleep = Some(Box::pin(sleep_until(at))),
+        }
+    }
+
+    /// Data reached every channel: the next link need not be refreshed yet (Pushpin refreshes
+    /// a stream's next link only after `timeout` without messages).
+    fn reset_link_timer(&mut self) {
+        if let (Some(link), Some(s)) = (&self.next_link, self.link_sleep.as_mut()) {
+            s.as_mut()
+                .reset(Instant::now() + Duration::from_secs(link.timeout_secs));
         }
     }
 
@@ -686,35 +707,33 @@ impl StreamSession {
             if !self.holding {
                 return None;
             }
-            let ka = self.keep_alive.is_some();
-            let link = self.link_deadline;
             tokio::select! {
                 d = self.rx.recv() => {
                     let d = d?;
-                    let mut buf = BytesMut::new();
-                    self.handle(d, &mut buf);
+                    let mut out = Chunk::default();
+                    self.handle(d, &mut out);
                     while !self.closing && !self.fetch_due {
                         match self.rx.try_recv() {
-                            Ok(d) => self.handle(d, &mut buf),
+                            Ok(d) => self.handle(d, &mut out),
                             Err(_) => break,
                         }
                     }
-                    if !buf.is_empty() {
-                        if let Some(ka) = &self.keep_alive {
-                            if ka.mode == KeepAliveMode::Idle {
-                                self.reset_keep_alive();
-                            }
+                    if let Some(bytes) = out.into_bytes() {
+                        if self.keep_alive.as_ref().is_some_and(|ka| ka.mode == KeepAliveMode::Idle) {
+                            self.reset_keep_alive();
                         }
-                        return Some(buf.freeze());
+                        self.reset_link_timer();
+                        return Some(bytes);
                     }
                 }
-                _ = sleep_until(self.ka_deadline), if ka => {
+                _ = poll_sleep(&mut self.ka_sleep) => {
                     self.reset_keep_alive();
                     if let Some(ka) = &self.keep_alive {
                         return Some(ka.data.clone());
                     }
                 }
-                _ = sleep_until(link.unwrap_or_else(Instant::now)), if link.is_some() => {
+                _ = poll_sleep(&mut self.link_sleep) => {
+                    self.reset_link_timer();
                     self.fetch_due = true;
                 }
             }
@@ -763,7 +782,7 @@ impl StreamSession {
     }
 
     /// Handles one delivery, appending any content to `buf`.
-    fn handle(&mut self, d: Delivery, buf: &mut BytesMut) {
+    fn handle(&mut self, d: Delivery, buf: &mut Chunk) {
         let item = match d {
             Delivery::Update => {
                 if self.next_link.is_some() {
@@ -815,7 +834,7 @@ impl StreamSession {
         }
         if ch.spec.filters.is_empty() {
             // Fast path: the shared bytes, no per-subscriber work.
-            buf.extend_from_slice(&fmt.content);
+            buf.push(fmt.content.clone());
             return;
         }
         let channels = &self.channels;
@@ -830,7 +849,7 @@ impl StreamSession {
             return;
         }
         match grip::apply_content_filters(&ch.spec.filters, &fctx, fmt.content.clone()) {
-            Ok(b) => buf.extend_from_slice(&b),
+            Ok(b) => buf.push(b),
             Err(e) => {
                 tracing::debug!(channel = %ch.name, error = %e, "content filter failed, item skipped")
             }
@@ -977,6 +996,44 @@ async fn fetch_coalesced(
         })
         .await;
     result.clone()
+}
+
+/// What goes out in one write: one item's shared bytes as they are (no copy), or several
+/// items copied together (one write for everything queued).
+#[derive(Default)]
+struct Chunk {
+    one: Option<Bytes>,
+    many: Option<BytesMut>,
+}
+
+impl Chunk {
+    fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if let Some(many) = self.many.as_mut() {
+            many.extend_from_slice(&b);
+        } else if let Some(first) = self.one.take() {
+            let mut many = BytesMut::with_capacity(first.len() + b.len());
+            many.extend_from_slice(&first);
+            many.extend_from_slice(&b);
+            self.many = Some(many);
+        } else {
+            self.one = Some(b);
+        }
+    }
+
+    fn into_bytes(self) -> Option<Bytes> {
+        self.many.map(BytesMut::freeze).or(self.one)
+    }
+}
+
+/// Waits for an optional timer; never completes without one.
+async fn poll_sleep(sleep: &mut Option<Pin<Box<Sleep>>>) {
+    match sleep.as_mut() {
+        Some(s) => s.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves a next link against the client's request: same host → the route's target;
