@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use grip::WsEvent;
 use gripd_tests::{
     origin, request, resp, ws_connect, ws_next, ws_origin, ws_silence, CloseCode, CloseFrame,
@@ -131,6 +131,77 @@ async fn passthrough_close_codes_both_directions() {
         recv(&mut o.closes, "origin close").await,
         Some((1000, String::new()))
     );
+}
+
+/// Both peers send 64 × 256 KB at once (16 MiB each way, far more than the sockets buffer). The
+/// origin reads only once its own sends are done, and the client starts reading only after a
+/// delay: gripd, stuck writing to the origin, must keep reading the origin meanwhile (a relay that
+/// awaits the write to the origin before reading the origin again deadlocks here).
+#[tokio::test]
+async fn passthrough_both_sides_send_large_at_once() {
+    const COUNT: usize = 64;
+    const SIZE: usize = 256 << 10;
+    const DEADLINE: Duration = Duration::from_secs(30);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let origin = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        for i in 0..COUNT {
+            ws.send(Message::binary(vec![i as u8; SIZE])).await.unwrap();
+        }
+        let mut got = 0;
+        while got < COUNT {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(b.len(), SIZE);
+                    assert!(b.iter().all(|&x| x == got as u8), "origin: out of order");
+                    got += 1;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("origin: expected binary, got {other:?}"),
+            }
+        }
+        let _ = got_tx.send(got);
+        while ws.next().await.is_some() {}
+    });
+    let proxy = Proxy::start(&[format!("* {addr}")], "").await;
+    let ws = ws_connect(proxy.client, "/", &[]).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            tx.send(Message::binary(vec![i as u8; SIZE])).await.unwrap();
+        }
+        tx
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = async {
+        let mut got = 0;
+        while got < COUNT {
+            match rx.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(b.len(), SIZE);
+                    assert!(b.iter().all(|&x| x == got as u8), "client: out of order");
+                    got += 1;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("client: expected binary, got {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("client did not get the origin's messages in time (relay deadlock)");
+    let _tx = tokio::time::timeout(DEADLINE, sender)
+        .await
+        .expect("client sends did not complete in time (relay deadlock)")
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, got_rx.recv())
+        .await
+        .expect("origin did not get the client's messages in time (relay deadlock)");
+    assert_eq!(got, Some(COUNT));
+    origin.abort();
 }
 
 #[tokio::test]

@@ -17,13 +17,19 @@
 //! - Every session task is spawned through the shutdown tracker.
 //! - Messages are bounded by `MESSAGE_MAX` in both directions; pongs are answered by gripd itself
 //!   (tungstenite), so pongs from the other side are not relayed (they would arrive twice).
+//! - A session never awaits a write while it stops reading: sockets are split, and what goes to a
+//!   peer waits in that peer's [`Outbox`], written by its own `select!` arm. A side is read only
+//!   while the outbox it feeds is (nearly) empty, so memory stays bounded and a peer that is slow
+//!   to read slows down only the direction towards it (no deadlock when both peers send at once).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{Sink, SinkExt};
 use grip::{Action, KeepAliveMode, PublishItem, WsControl, WsMessageType};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -33,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ProxyError;
@@ -500,6 +506,83 @@ impl GripSession {
             }
         }
         out
+    }
+}
+
+/// Messages on their way to one peer: filled by the session loop, written by its own `select!`
+/// arm ([`Outbox::write`]) so that the loop keeps reading the other side meanwhile.
+struct Outbox<S> {
+    sink: S,
+    queue: VecDeque<Message>,
+    /// Payload bytes in `queue`.
+    bytes: usize,
+    /// Something went to the sink (or must be flushed) since the last completed flush.
+    unflushed: bool,
+}
+
+impl<S: Sink<Message, Error = WsError> + Unpin> Outbox<S> {
+    fn new(sink: S) -> Self {
+        Outbox {
+            sink,
+            queue: VecDeque::new(),
+            bytes: 0,
+            unflushed: false,
+        }
+    }
+
+    fn push(&mut self, m: Message) {
+        self.bytes += m.len();
+        self.queue.push_back(m);
+    }
+
+    /// No message waits (the last one may still be in the socket's buffer).
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Payload bytes waiting.
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// There is something to write or flush: the writing arm should run.
+    fn busy(&self) -> bool {
+        !self.queue.is_empty() || self.unflushed
+    }
+
+    /// Asks for a flush (e.g. of an answer tungstenite queued by itself).
+    fn request_flush(&mut self) {
+        self.unflushed = true;
+    }
+
+    /// Forgets what is waiting (the peer is gone).
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+        self.unflushed = false;
+    }
+
+    /// Writes every waiting message and flushes. Cancel-safe: a message leaves the queue only
+    /// when the sink takes it, and a cancelled flush is resumed by the next call.
+    async fn write(&mut self) -> Result<(), WsError> {
+        while !self.queue.is_empty() {
+            poll_fn(|cx| self.sink.poll_ready_unpin(cx)).await?;
+            if let Some(m) = self.queue.pop_front() {
+                self.bytes = self.bytes.saturating_sub(m.len());
+                self.unflushed = true;
+                self.sink.start_send_unpin(m)?;
+            }
+        }
+        self.sink.flush().await?;
+        self.unflushed = false;
+        Ok(())
+    }
+
+    /// [`Outbox::write`] if [`Outbox::busy`], errors ignored (ending a session).
+    async fn finish(&mut self) {
+        if self.busy() {
+            let _ = self.write().await;
+        }
     }
 }
 

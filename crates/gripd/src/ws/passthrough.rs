@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::StreamExt;
 use grip::WsMessageType;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -19,7 +20,7 @@ use tracing::Instrument;
 
 use super::{
     client_socket, close_frame, grip_extension, sleep_until_opt, switching_protocols, ws_config,
-    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
+    Effect, FromOrigin, GripSession, Outbox, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
 };
 use crate::error::ProxyError;
 use crate::origin::{self, Body, ClientRequest};
@@ -27,6 +28,8 @@ use crate::proxy::State;
 use crate::routes::Route;
 
 type OriginWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type ClientOutbox = Outbox<SplitSink<super::ClientWs, Message>>;
+type OriginOutbox = Outbox<SplitSink<OriginWs, Message>>;
 
 /// Opens the origin WebSocket; on success answers the client with 101 and spawns the session.
 pub(super) async fn open(
@@ -103,37 +106,61 @@ pub(super) async fn open(
 }
 
 /// Relays frames until both sides have closed (or one is gone), applying GRIP when enabled.
+///
+/// Both sockets are split and each direction has its own [`Outbox`], so reading one side never
+/// waits for writing to the other: the client is read while `to_origin` is empty, the origin
+/// (and the hub, and the timers) while `to_client` is empty.
 async fn relay(
     state: Arc<State>,
-    mut client: super::ClientWs,
-    mut origin: OriginWs,
+    client: super::ClientWs,
+    origin: OriginWs,
     mut grip: Option<GripSession>,
 ) {
     let token = state.shutdown.token.clone();
+    let (client_tx, mut client_rx) = client.split();
+    let (origin_tx, mut origin_rx) = origin.split();
+    let mut to_client = Outbox::new(client_tx);
+    let mut to_origin = Outbox::new(origin_tx);
     let mut origin_open = true;
     let mut client_closing = false;
     loop {
         let timer = grip.as_ref().and_then(|g| g.next_timer());
+        let client_room = to_client.is_empty();
+        let read_client = to_origin.is_empty() || !origin_open;
         tokio::select! {
             _ = token.cancelled() => {
-                shutdown(&mut client, &mut origin, origin_open).await;
+                shutdown(&mut to_client, &mut client_rx, &mut to_origin, origin_open).await;
                 return;
             }
-            m = client.next() => match m {
+            r = to_client.write(), if to_client.busy() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client send failed");
+                    break;
+                }
+            }
+            r = to_origin.write(), if to_origin.busy() => {
+                if let Err(e) = r {
+                    to_origin.clear();
+                    if origin_open {
+                        tracing::debug!(error = %e, "origin send failed");
+                        origin_open = false;
+                        if !client_closing {
+                            to_client.push(Message::Close(Some(close_frame(1011, ""))));
+                        }
+                    }
+                }
+            }
+            m = client_rx.next(), if read_client => match m {
                 Some(Ok(Message::Close(frame))) => {
                     if origin_open {
-                        let _ = origin.send(Message::Close(frame)).await;
+                        to_origin.push(Message::Close(frame));
                     }
                     client_closing = true;
                 }
                 Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(m)) => {
                     if origin_open && !client_closing {
-                        if let Err(e) = origin.send(m).await {
-                            tracing::debug!(error = %e, "origin send failed");
-                            origin_open = false;
-                            let _ = client.close(Some(close_frame(1011, ""))).await;
-                        }
+                        to_origin.push(m);
                     }
                 }
                 Some(Err(e)) => {
@@ -142,14 +169,13 @@ async fn relay(
                 }
                 None => break,
             },
-            m = origin.next(), if origin_open => match m {
+            m = origin_rx.next(), if origin_open && client_room => match m {
                 Some(Ok(m)) => {
-                    let was_open = origin_open;
                     let out = match (m, grip.as_mut()) {
                         (Message::Close(frame), _) => {
                             origin_open = false;
                             if !client_closing {
-                                let _ = client.send(Message::Close(frame)).await;
+                                to_client.push(Message::Close(frame));
                             }
                             None
                         }
@@ -165,68 +191,68 @@ async fn relay(
                             handle(g, m, &mut origin_open)
                         }
                     };
-                    if was_open && !origin_open {
-                        // Closed or detached: end the origin side (a no-op after its close).
-                        let _ = origin.close(None).await;
+                    if !origin_open {
+                        // Closed or detached: end the origin side (after its close this only
+                        // flushes tungstenite's answer).
+                        to_origin.push(Message::Close(None));
                     }
                     if let Some(m) = out {
-                        if send_client(&mut client, grip.as_mut(), m).await.is_err() {
-                            break;
-                        }
+                        send_client(&mut to_client, grip.as_mut(), m);
                     }
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "origin socket failed");
                     origin_open = false;
+                    to_origin.clear();
                     if !client_closing {
-                        let _ = client.close(Some(close_frame(1011, ""))).await;
+                        to_client.push(Message::Close(Some(close_frame(1011, ""))));
                     }
                 }
                 None => {
                     origin_open = false;
+                    to_origin.clear();
                     if !client_closing {
-                        let _ = client.close(None).await;
+                        to_client.push(Message::Close(None));
                     }
                 }
             },
-            d = recv(grip.as_mut()) => match d {
+            d = recv(grip.as_mut()), if client_room => match d {
                 None => {
-                    shutdown(&mut client, &mut origin, origin_open).await;
+                    shutdown(&mut to_client, &mut client_rx, &mut to_origin, origin_open).await;
                     return;
                 }
                 Some(crate::hub::Delivery::Update) => {}
                 Some(crate::hub::Delivery::Item(item)) => {
                     let effect = grip.as_ref().and_then(|g| g.publish(&item));
                     match effect {
-                        Some(Effect::Send(m)) => {
-                            if send_client(&mut client, grip.as_mut(), m).await.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Effect::Close(frame)) => {
-                            let _ = client.send(Message::Close(frame)).await;
-                        }
+                        Some(Effect::Send(m)) => send_client(&mut to_client, grip.as_mut(), m),
+                        Some(Effect::Close(frame)) => to_client.push(Message::Close(frame)),
                         Some(Effect::Detach | Effect::Refresh) | None => {}
                     }
                 }
             },
-            _ = sleep_until_opt(timer) => {
+            _ = sleep_until_opt(timer), if client_room => {
                 let now = tokio::time::Instant::now();
                 let due = grip.as_mut().map(|g| g.on_timer(now)).unwrap_or_default();
                 for m in due {
-                    if send_client(&mut client, grip.as_mut(), m).await.is_err() {
-                        break;
-                    }
+                    send_client(&mut to_client, grip.as_mut(), m);
                 }
             }
         }
     }
+    // The client is gone or done: close the origin (after what it still has to get) and give it
+    // a moment to answer.
     if origin_open {
-        // The client is gone or done: close the origin and give it a moment to answer.
-        let _ = origin.close(None).await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, async { while origin.next().await.is_some() {} })
-            .await;
+        to_origin.push(Message::Close(None));
     }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        tokio::join!(to_origin.finish(), async {
+            if origin_open {
+                while origin_rx.next().await.is_some() {}
+            }
+        })
+    })
+    .await;
 }
 
 /// Applies the GRIP meaning of an origin data message; returns what the client gets.
@@ -247,17 +273,11 @@ fn handle(g: &mut GripSession, m: FromOrigin, origin_open: &mut bool) -> Option<
     }
 }
 
-async fn send_client(
-    client: &mut super::ClientWs,
-    grip: Option<&mut GripSession>,
-    m: Message,
-) -> Result<(), ()> {
+fn send_client(to_client: &mut ClientOutbox, grip: Option<&mut GripSession>, m: Message) {
     if let Some(g) = grip {
         g.sent();
     }
-    client.send(m).await.map_err(|e| {
-        tracing::debug!(error = %e, "client send failed");
-    })
+    to_client.push(m);
 }
 
 async fn recv(grip: Option<&mut GripSession>) -> Option<crate::hub::Delivery> {
@@ -267,18 +287,22 @@ async fn recv(grip: Option<&mut GripSession>) -> Option<crate::hub::Delivery> {
     }
 }
 
-/// Shutdown: close 1001 to the client, and close the origin too.
-async fn shutdown(client: &mut super::ClientWs, origin: &mut OriginWs, origin_open: bool) {
-    let _ = client
-        .send(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))))
-        .await;
+/// Shutdown: close 1001 to the client (after what it still has to get), and close the origin too;
+/// all of it bounded by `SHUTDOWN_CLOSE_WAIT`.
+async fn shutdown(
+    to_client: &mut ClientOutbox,
+    client_rx: &mut SplitStream<super::ClientWs>,
+    to_origin: &mut OriginOutbox,
+    origin_open: bool,
+) {
+    to_client.push(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))));
     if origin_open {
-        let _ = origin
-            .send(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))))
-            .await;
+        to_origin.push(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))));
     }
     let _ = tokio::time::timeout(SHUTDOWN_CLOSE_WAIT, async {
-        while client.next().await.is_some() {}
+        tokio::join!(to_client.finish(), to_origin.finish(), async {
+            while client_rx.next().await.is_some() {}
+        })
     })
     .await;
 }

@@ -6,6 +6,9 @@
 //! - Client messages are queued as events and sent in batches, one request in flight per
 //!   connection, in order. The queue is bounded: the client is not read while it holds
 //!   `BATCH_CONTENT_MAX` bytes or more.
+//! - What goes to the client waits in an [`Outbox`] written by its own `select!` arm, so the client
+//!   is read (and its events POSTed) while a write to it is pending. No new request starts while
+//!   the outbox holds `RESPONSE_BODY_MAX` bytes or more, so it holds at most about two replies.
 //! - Every request carries the same `Connection-Id`, a fresh `Grip-Sig` and the connection's meta
 //!   as `Meta-*`; `Set-Meta-*` response headers change the meta.
 //! - `Keep-Alive-Interval` (at least 20 s) makes gripd POST an empty request when idle.
@@ -16,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::StreamExt;
 use grip::{WsEvent, WsMessageType};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -30,7 +34,7 @@ use tracing::Instrument;
 
 use super::{
     client_socket, close_frame, grip_extension, sleep_until_opt, switching_protocols, ClientWs,
-    Effect, FromOrigin, GripSession, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
+    Effect, FromOrigin, GripSession, Outbox, CLOSE_GOING_AWAY, CLOSE_WAIT, SHUTDOWN_CLOSE_WAIT,
 };
 use crate::error::ProxyError;
 use crate::hub::Delivery;
@@ -164,9 +168,11 @@ pub(super) async fn open(
                 return;
             };
             let grip = GripSession::new(&st, &link.route, prefix, &link.target.subs);
+            let (client_tx, client_rx) = client.split();
             let mut session = Session {
                 link,
-                client,
+                client_rx,
+                to_client: Outbox::new(client_tx),
                 grip,
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -188,7 +194,8 @@ pub(super) async fn open(
 
 struct Session {
     link: Link,
-    client: ClientWs,
+    client_rx: SplitStream<ClientWs>,
+    to_client: Outbox<SplitSink<ClientWs, Message>>,
     grip: GripSession,
     /// Client events not sent yet, in order.
     pending: Vec<WsEvent>,
@@ -208,7 +215,13 @@ struct Session {
 
 impl Session {
     async fn run(&mut self, first: Vec<WsEvent>) {
-        if self.apply_events(first).await.is_err() {
+        self.run_loop(first).await;
+        // What the client still has to get (e.g. the answer to its close), bounded.
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.to_client.finish()).await;
+    }
+
+    async fn run_loop(&mut self, first: Vec<WsEvent>) {
+        if self.apply_events(first).is_err() {
             return;
         }
         let token = self.link.state.shutdown.token.clone();
@@ -235,10 +248,18 @@ impl Session {
             };
             let timer = self.grip.next_timer();
             let read_client = self.client_open && self.pending_bytes < BATCH_CONTENT_MAX;
+            let client_room = self.to_client.is_empty();
             tokio::select! {
                 _ = token.cancelled() => {
                     self.shutdown().await;
                     return;
+                }
+                r = self.to_client.write(), if self.to_client.busy() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "client send failed");
+                        self.to_client.clear();
+                        return;
+                    }
                 }
                 r = poll_in_flight(&mut self.in_flight) => {
                     self.in_flight = None;
@@ -249,7 +270,7 @@ impl Session {
                             if let Some(i) = keep_alive_interval(&reply.headers) {
                                 self.keep_alive_interval = Some(i);
                             }
-                            if self.apply_events(reply.events).await.is_err() {
+                            if self.apply_events(reply.events).is_err() {
                                 return;
                             }
                         }
@@ -258,20 +279,20 @@ impl Session {
                             self.origin_open = false;
                             self.pending.clear();
                             if self.client_open {
-                                self.close_client(Some(close_frame(1011, ""))).await;
+                                self.close_client(Some(close_frame(1011, "")));
                             }
                         }
                     }
                 }
-                m = self.client.next(), if read_client => {
+                m = self.client_rx.next(), if read_client => {
                     let closing = matches!(m, Some(Ok(Message::Close(_))));
                     self.on_client_message(m);
                     if closing {
                         // Sends tungstenite's queued answer to the client's close.
-                        let _ = self.client.flush().await;
+                        self.to_client.request_flush();
                     }
                 }
-                d = self.grip.recv() => match d {
+                d = self.grip.recv(), if client_room => match d {
                     None => {
                         self.shutdown().await;
                         return;
@@ -280,18 +301,14 @@ impl Session {
                     Some(Delivery::Item(item)) => {
                         let effect = self.grip.publish(&item);
                         if let Some(e) = effect {
-                            if self.effect(e).await.is_err() {
-                                return;
-                            }
+                            self.effect(e);
                         }
                     }
                 },
                 _ = sleep_until_opt(ka) => self.refresh = true,
-                _ = sleep_until_opt(timer) => {
+                _ = sleep_until_opt(timer), if client_room => {
                     for m in self.grip.on_timer(Instant::now()) {
-                        if self.send_client(m).await.is_err() {
-                            return;
-                        }
+                        self.send_client(m);
                     }
                 }
                 _ = sleep_until_opt(self.close_deadline), if self.client_open => {}
@@ -338,6 +355,10 @@ impl Session {
         if self.pending.is_empty() && !self.refresh {
             return;
         }
+        if self.client_open && self.to_client.bytes() >= RESPONSE_BODY_MAX {
+            // The client is slow to read: its next replies wait until it catches up.
+            return;
+        }
         self.refresh = false;
         let mut take = 0;
         let mut bytes = 0;
@@ -368,7 +389,7 @@ impl Session {
     }
 
     /// Applies the origin's events, in order. `Err` ends the session.
-    async fn apply_events(&mut self, events: Vec<WsEvent>) -> Result<(), ()> {
+    fn apply_events(&mut self, events: Vec<WsEvent>) -> Result<(), ()> {
         for event in events {
             if !self.origin_open {
                 break;
@@ -394,7 +415,7 @@ impl Session {
                 }
             };
             if let Some(e) = out {
-                self.effect(e).await?;
+                self.effect(e);
             }
         }
         Ok(())
@@ -408,30 +429,25 @@ impl Session {
         }
     }
 
-    async fn effect(&mut self, e: Effect) -> Result<(), ()> {
+    fn effect(&mut self, e: Effect) {
         match e {
-            Effect::Send(m) => self.send_client(m).await,
+            Effect::Send(m) => self.send_client(m),
             Effect::Close(frame) => {
                 if self.close_deadline.is_none() && self.client_open {
-                    self.close_client(frame).await;
+                    self.close_client(frame);
                 }
-                Ok(())
             }
             Effect::Detach => {
                 self.origin_open = false;
                 self.pending.clear();
                 self.in_flight = None;
-                Ok(())
             }
-            Effect::Refresh => {
-                self.refresh = true;
-                Ok(())
-            }
+            Effect::Refresh => self.refresh = true,
         }
     }
 
-    async fn close_client(&mut self, frame: Option<CloseFrame>) {
-        let _ = self.client.send(Message::Close(frame)).await;
+    fn close_client(&mut self, frame: Option<CloseFrame>) {
+        self.to_client.push(Message::Close(frame));
         self.close_sent();
     }
 
@@ -439,14 +455,12 @@ impl Session {
         self.close_deadline = Some(Instant::now() + CLOSE_WAIT);
     }
 
-    async fn send_client(&mut self, m: Message) -> Result<(), ()> {
+    fn send_client(&mut self, m: Message) {
         if !self.client_open {
-            return Ok(());
+            return;
         }
         self.grip.sent();
-        self.client.send(m).await.map_err(|e| {
-            tracing::debug!(error = %e, "client send failed");
-        })
+        self.to_client.push(m);
     }
 
     fn set_meta_from(&mut self, headers: &HeaderMap) {
@@ -458,26 +472,38 @@ impl Session {
         }
     }
 
-    /// Shutdown: close 1001 to the client, a best-effort `DISCONNECT` to the origin.
+    /// Shutdown: close 1001 to the client (after what it still has to get), a best-effort
+    /// `DISCONNECT` to the origin; all of it bounded by `SHUTDOWN_CLOSE_WAIT`.
     async fn shutdown(&mut self) {
         if self.client_open {
-            let _ = self
-                .client
-                .send(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))))
+            self.to_client
+                .push(Message::Close(Some(close_frame(CLOSE_GOING_AWAY, ""))));
+        }
+        let Session {
+            link,
+            grip,
+            to_client,
+            client_rx,
+            origin_open,
+            ..
+        } = self;
+        let meta = grip.meta.clone();
+        let disconnect = async {
+            if *origin_open {
+                let _ = tokio::time::timeout(
+                    DISCONNECT_WAIT,
+                    link.send(vec![WsEvent::Disconnect], &meta),
+                )
                 .await;
-        }
-        if self.origin_open {
-            let _ = tokio::time::timeout(
-                DISCONNECT_WAIT,
-                self.link
-                    .send(vec![WsEvent::Disconnect], &self.grip.meta.clone()),
-            )
-            .await;
-        }
+            }
+        };
         let _ = tokio::time::timeout(SHUTDOWN_CLOSE_WAIT, async {
-            while self.client.next().await.is_some() {}
+            tokio::join!(to_client.finish(), disconnect, async {
+                while client_rx.next().await.is_some() {}
+            })
         })
         .await;
+        to_client.clear();
     }
 }
 
