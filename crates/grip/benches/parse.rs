@@ -45,26 +45,51 @@ fn instruct(c: &mut Criterion) {
 }
 
 fn filters(c: &mut Criterion) {
-    let sub_meta: BTreeMap<String, String> =
-        [("id_format".to_string(), "room:%(events-room)s".to_string()), ("user".to_string(), "anonymous".to_string())]
-            .into_iter()
-            .collect();
+    let sub_meta: BTreeMap<String, String> = [
+        ("id_format".to_string(), "room:%(events-room)s".to_string()),
+        ("user".to_string(), "anonymous".to_string()),
+    ]
+    .into_iter()
+    .collect();
     let pub_meta = BTreeMap::new();
-    let prev_ids: BTreeMap<String, String> = [("events-room".to_string(), "42".to_string())].into_iter().collect();
+    let prev_ids: BTreeMap<String, String> = [("events-room".to_string(), "42".to_string())]
+        .into_iter()
+        .collect();
     let subscribed = |_: &str| true;
-    let ctx = grip::FilterContext { sub_meta: &sub_meta, pub_meta: &pub_meta, prev_ids: &prev_ids, subscribed: &subscribed };
-    let filters = vec!["build-id".to_string(), "skip-users".to_string(), "require-sub".to_string()];
-    let content = bytes::Bytes::from_static(b"event: message\nid: %I\ndata: {\"text\": \"hi 100%%\"}\n\n");
+    let ctx = grip::FilterContext {
+        sub_meta: &sub_meta,
+        pub_meta: &pub_meta,
+        prev_ids: &prev_ids,
+        subscribed: &subscribed,
+    };
+    let filters = vec![
+        "build-id".to_string(),
+        "skip-users".to_string(),
+        "require-sub".to_string(),
+    ];
+    let content =
+        bytes::Bytes::from_static(b"event: message\nid: %I\ndata: {\"text\": \"hi 100%%\"}\n\n");
     c.bench_function("filter/build_id", |b| {
         b.iter(|| grip::apply_content_filters(&filters, &ctx, black_box(content.clone())).unwrap())
     });
 }
 
 fn events(c: &mut Criterion) {
-    let body = b"TEXT 2f\r\nc:{\"channel\": \"ws-room\", \"type\": \"subscribe\"}\r\nTEXT 9\r\nm:welcome\r\n";
-    c.bench_function("wsevent/parse_events", |b| b.iter(|| grip::parse_events(black_box(body)).unwrap()));
-    let tn = b"52:7:channel,4:room,12:http-stream,17:7:content,4:data,}}";
-    c.bench_function("tnetstring/parse", |b| b.iter(|| grip::tnetstring::parse(black_box(tn)).unwrap()));
+    let body = grip::encode_events(&[
+        grip::WsEvent::Text(bytes::Bytes::from_static(
+            b"c:{\"channel\": \"ws-room\", \"type\": \"subscribe\"}",
+        )),
+        grip::WsEvent::Text(bytes::Bytes::from_static(b"m:welcome")),
+    ]);
+    c.bench_function("wsevent/parse_events", |b| {
+        b.iter(|| grip::parse_events(black_box(&body)).unwrap())
+    });
+    let item =
+        serde_json::json!({"channel": "room", "http-stream": {"content": "data: hello\n\n"}});
+    let tn = grip::tnetstring::encode(&grip::Tn::from_json(&item));
+    c.bench_function("tnetstring/parse", |b| {
+        b.iter(|| grip::tnetstring::parse(black_box(&tn)).unwrap())
+    });
 }
 
 criterion_group!(benches, publish, instruct, filters, events);

@@ -13,7 +13,10 @@ use gripd::hub::{Hub, HubConfig, Mode};
 use gripd::metrics::Metrics;
 
 fn fan_out(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = runtime.enter();
     let mut g = c.benchmark_group("hub_publish");
     for n in [1usize, 100, 10_000] {
@@ -50,7 +53,7 @@ fn fan_out(c: &mut Criterion) {
                     item.clone()
                 },
                 |item| assert_eq!(hub.publish(item), n),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
         drop(subs);
