@@ -359,19 +359,7 @@ impl Origin {
 /// Cleans client request headers: hop-by-hop (including those named in `Connection`), and
 /// every `Grip-*` header (clients must not forge `Grip-Sig` or `Grip-Last`).
 pub fn clean_request_headers(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in STRIPPED_REQUEST_HEADERS {
-        headers.remove(*name);
-    }
+    remove_hop_by_hop(headers, STRIPPED_REQUEST_HEADERS);
     let grip: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("grip-"))
@@ -384,6 +372,11 @@ pub fn clean_request_headers(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop headers from an origin response (including those named in `Connection`).
 pub fn clean_response_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers, STRIPPED_RESPONSE_HEADERS);
+}
+
+/// Removes the headers `Connection` names, then `fixed`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, fixed: &[&str]) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -394,7 +387,7 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in STRIPPED_RESPONSE_HEADERS {
+    for name in fixed {
         headers.remove(*name);
     }
 }
