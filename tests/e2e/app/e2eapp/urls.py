@@ -13,6 +13,8 @@ urlpatterns = [
     path("revoke/<str:ch>/", views.revoke),
     # WebSocket-over-HTTP (route over_http): django-grip's request.wscontext
     path("ws/", views.ws),
+    # A page whose EventSource reads /events/<ch>/ (tests/e2e/test_browser.py)
+    path("browser/<str:ch>/", views.browser),
     # django-eventstream: one channel from the URL, or several with ?channel=a&channel=b
     path("events/<str:channel>/", include(django_eventstream.urls), {"format-channels": ["{channel}"]}),
     path("events/", include(django_eventstream.urls)),

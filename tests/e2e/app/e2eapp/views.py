@@ -164,3 +164,45 @@ def ws(request):
             break
         ws.send("echo:%s" % message)
     return HttpResponse()
+
+
+BROWSER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>gripd e2e: EventSource</title></head>
+<body>
+<p>channel <code id="channel"></code>, readyState <code id="state">-</code></p>
+<ol id="events"></ol>
+<ol id="log"></ol>
+<script>
+"use strict";
+const channel = %(channel)s;
+const events = document.getElementById("events");
+const log = document.getElementById("log");
+document.getElementById("channel").textContent = channel;
+window.e2e = {opens: 0, errors: 0, messages: []};
+function note(what) {
+  const li = document.createElement("li");
+  li.textContent = what;
+  log.appendChild(li);
+  document.getElementById("state").textContent = String(es.readyState);
+}
+const es = new EventSource("/events/" + encodeURIComponent(channel) + "/");
+es.addEventListener("open", () => { window.e2e.opens += 1; note("open"); });
+es.addEventListener("error", () => { window.e2e.errors += 1; note("error readyState=" + es.readyState); });
+es.addEventListener("message", (ev) => {
+  window.e2e.messages.push([ev.lastEventId, ev.data]);
+  const li = document.createElement("li");
+  li.dataset.id = ev.lastEventId;
+  li.textContent = ev.data;
+  events.appendChild(li);
+});
+</script>
+</body></html>
+"""
+
+
+def browser(request, ch):
+    """An HTML page that opens `new EventSource('/events/<ch>/')` and appends every `message` event
+    (lastEventId, data) to the DOM (`#events li[data-id]`) and to `window.e2e.messages`; `open` and
+    `error` events are counted in `window.e2e` and listed in `#log`."""
+    channel = json.dumps(ch).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return HttpResponse(BROWSER_PAGE % {"channel": channel}, content_type="text/html; charset=utf-8")
