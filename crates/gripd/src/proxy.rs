@@ -192,26 +192,8 @@ async fn serve(
     state.metrics.requests_passthrough.inc();
     let (mut parts, body) = resp.into_parts();
     origin::clean_response_headers(&mut parts.headers);
-    // A small body of known length is read before answering, so that hyper writes head and
-    // body in one syscall instead of two; anything else streams.
-    let small = hyper::body::Body::size_hint(&body)
-        .exact()
-        .is_some_and(|n| n > 0 && n <= SMALL_BODY_MAX);
-    if small && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        return match body.collect().await {
-            Ok(c) => Ok(Response::from_parts(parts, origin::full(c.to_bytes()))),
-            Err(e) => Err((
-                route_name,
-                ProxyError::OriginFailed("origin".into(), format!("reading response body: {e}")),
-            )),
-        };
-    }
     Ok(Response::from_parts(parts, origin::incoming(body)))
 }
-
-/// Pass-through bodies up to this size (with a Content-Length) are read whole before the
-/// response goes out, saving a write per response.
-const SMALL_BODY_MAX: u64 = 16 * 1024;
 
 /// Rejects requests whose framing could be read two ways (request smuggling).
 ///
