@@ -272,9 +272,11 @@ struct Seen {
 
 /// A WebSocket-over-HTTP origin stub. On `OPEN` it answers `OPEN`, subscribes the socket to the
 /// channel named by `?ch=`, sends `m:welcome` and `Set-Meta-User: bob`. For client text it
-/// answers: `unsub` → unsubscribe, `detach` → detach, `close` → `CLOSE 1000`,
+/// answers: `ctl:<json>` → control message `c:<json>`, `unsub` → unsubscribe, `detach` → detach, `close` → `CLOSE 1000`,
 /// `meta` → `Set-Meta-Color: blue`, anything else → `m:echo:<text>`. A client `CLOSE` is echoed.
-/// `reject` in the path makes it refuse the OPEN with 403.
+/// `reject` in the path makes it refuse the OPEN with 403; `kai` makes it answer every request
+/// with `Keep-Alive-Interval: 1` (the OPEN with an empty body, event-less requests with
+/// `m:polled`).
 async fn woh_origin() -> (gripd_tests::Origin, mpsc::UnboundedReceiver<Seen>) {
     use http_body_util::BodyExt;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -283,6 +285,7 @@ async fn woh_origin() -> (gripd_tests::Origin, mpsc::UnboundedReceiver<Seen>) {
         async move {
             let query = req.uri().query().unwrap_or("").to_string();
             let reject = req.uri().path().contains("reject");
+            let kai = req.uri().path().contains("kai");
             let (parts, body) = req.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
             let events = grip::parse_events(&body).unwrap();
@@ -292,6 +295,24 @@ async fn woh_origin() -> (gripd_tests::Origin, mpsc::UnboundedReceiver<Seen>) {
             });
             if reject {
                 return resp(403, &[], "denied\n");
+            }
+            if kai {
+                // Keep-alive stub: an empty OPEN reply (allowed with Keep-Alive-Interval), and
+                // something to push whenever gripd asks without events.
+                let body = if events.is_empty() {
+                    grip::encode_events(&[WsEvent::Text(Bytes::from_static(b"m:polled"))])
+                } else {
+                    Vec::new()
+                };
+                return resp(
+                    200,
+                    &[
+                        ("Content-Type", "application/websocket-events"),
+                        ("Sec-WebSocket-Extensions", "grip"),
+                        ("Keep-Alive-Interval", "1"),
+                    ],
+                    body,
+                );
             }
             let ch = query.strip_prefix("ch=").unwrap_or("woh").to_string();
             let mut out = Vec::new();
@@ -308,6 +329,9 @@ async fn woh_origin() -> (gripd_tests::Origin, mpsc::UnboundedReceiver<Seen>) {
                         out.push(WsEvent::Text(Bytes::from_static(b"m:welcome")));
                     }
                     WsEvent::Text(t) => match &t[..] {
+                        c if c.starts_with(b"ctl:") => {
+                            out.push(WsEvent::Text(Bytes::from([b"c:", &c[4..]].concat())))
+                        }
                         b"unsub" => out.push(WsEvent::Text(Bytes::from(format!(
                             r#"c:{{"type":"unsubscribe","channel":"{ch}"}}"#
                         )))),
@@ -559,4 +583,315 @@ async fn passthrough_shutdown_closes_with_1001() {
         recv(&mut o.closes, "origin close").await.map(|c| c.0),
         Some(1001)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive and delayed messages (GRIP control messages), and `Keep-Alive-Interval`
+
+/// Upper bound for a timed message to arrive after its due time (generous: a loaded CI machine).
+const LATE: Duration = Duration::from_secs(2);
+
+/// The next message of any kind but pong (pings included), bounded by `WAIT`.
+async fn next_any(ws: &mut WsClient) -> Message {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a websocket message")
+}
+
+/// The next message (as [`next_any`]) that is not `old`.
+async fn next_skipping(ws: &mut WsClient, old: &Message) -> Message {
+    loop {
+        let m = next_any(ws).await;
+        if m != *old {
+            return m;
+        }
+    }
+}
+
+/// Sends `x` every `every` for `total`, then waits (bounded) for the `echo` of each, and returns
+/// what arrived meanwhile (pings and pongs left out), each with the time since the start.
+async fn chatter(
+    ws: &mut WsClient,
+    echo: &str,
+    every: Duration,
+    total: Duration,
+) -> Vec<(Duration, Message)> {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(every);
+    let mut got = Vec::new();
+    let (mut sent, mut echoed) = (0, 0);
+    let end = tokio::time::sleep(total);
+    tokio::pin!(end);
+    let mut send_due = false;
+    let mut sending = true;
+    tokio::time::timeout(total + WAIT, async {
+        while sending || echoed < sent {
+            if send_due {
+                ws.send(Message::text("x")).await.unwrap();
+                sent += 1;
+                send_due = false;
+            }
+            tokio::select! {
+                _ = &mut end, if sending => sending = false,
+                _ = tick.tick(), if sending => send_due = true,
+                m = ws.next() => match m {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(m)) => {
+                        if m == Message::text(echo) {
+                            echoed += 1;
+                        }
+                        got.push((start.elapsed(), m));
+                    }
+                    other => panic!("socket ended: {other:?}"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("echoes did not arrive in time");
+    got
+}
+
+/// Sends the control message `json` through the origin (its `ctl:` command, on both stubs).
+async fn control(ws: &mut WsClient, json: &str) {
+    ws.send(Message::text(format!("ctl:{json}"))).await.unwrap();
+}
+
+/// `keep-alive` in idle mode: the message comes after `timeout` s without traffic to the client,
+/// again and again, and not while the origin keeps talking; without content it stops.
+async fn keep_alive_idle(ws: &mut WsClient, echo: &str) {
+    let t0 = tokio::time::Instant::now();
+    control(ws, r#"{"type":"keep-alive","content":"ka","timeout":2}"#).await;
+    assert_eq!(text(ws).await, "ka");
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_secs(2) && e < Duration::from_secs(2) + LATE,
+        "first keep-alive after {e:?}"
+    );
+    assert_eq!(text(ws).await, "ka", "keep-alive repeats");
+
+    // Traffic every 500 ms keeps an idle keep-alive of 2 s away.
+    let got = chatter(ws, echo, Duration::from_millis(500), Duration::from_secs(3)).await;
+    assert!(got.len() >= 4, "echoes: {got:?}");
+    for (at, m) in &got {
+        assert_eq!(m, &Message::text(echo), "at {at:?} while busy");
+    }
+    let last = tokio::time::Instant::now();
+    assert_eq!(text(ws).await, "ka");
+    assert!(
+        last.elapsed() >= Duration::from_millis(1500),
+        "keep-alive {:?} after the traffic stopped",
+        last.elapsed()
+    );
+
+    // No content: keep-alives off.
+    control(ws, r#"{"type":"keep-alive"}"#).await;
+    ws_silence(ws, Duration::from_millis(2500)).await;
+}
+
+/// `keep-alive` in interval mode (`content-bin`, then `message-type` binary and ping): sent
+/// every `timeout` s even while there is traffic.
+async fn keep_alive_interval_and_types(ws: &mut WsClient, echo: &str) {
+    control(
+        ws,
+        r#"{"type":"keep-alive","content-bin":"AAEC","timeout":1,"mode":"interval"}"#,
+    )
+    .await;
+    let got = chatter(
+        ws,
+        echo,
+        Duration::from_millis(250),
+        Duration::from_millis(2600),
+    )
+    .await;
+    let kas: Vec<Duration> = got
+        .iter()
+        .filter(|(_, m)| *m == Message::binary(vec![0u8, 1, 2]))
+        .map(|(at, _)| *at)
+        .collect();
+    assert!(
+        (2..=3).contains(&kas.len()),
+        "interval keep-alives at {kas:?} (all: {got:?})"
+    );
+    assert!(got
+        .iter()
+        .all(|(_, m)| *m == Message::binary(vec![0u8, 1, 2]) || *m == Message::text(echo)));
+
+    // `message-type` overrides the kind of the content.
+    control(
+        ws,
+        r#"{"type":"keep-alive","content":"tx","timeout":1,"message-type":"binary"}"#,
+    )
+    .await;
+    // (A keep-alive of the previous kind may still come first.)
+    assert_eq!(
+        next_skipping(ws, &Message::binary(vec![0u8, 1, 2])).await,
+        Message::binary(b"tx".to_vec())
+    );
+    let t0 = tokio::time::Instant::now();
+    control(
+        ws,
+        r#"{"type":"keep-alive","content":"pp","timeout":1,"message-type":"ping"}"#,
+    )
+    .await;
+    assert_eq!(
+        next_skipping(ws, &Message::binary(b"tx".to_vec())).await,
+        Message::Ping(Bytes::from_static(b"pp"))
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    control(ws, r#"{"type":"keep-alive"}"#).await;
+    // Off again: not even a ping comes (`ws_silence` would skip pings).
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "keep-alive not stopped: {quiet:?}");
+}
+
+/// `send-delayed` arrives after its timeout; `flush-delayed` sends it at once.
+async fn send_delayed_and_flush(ws: &mut WsClient) {
+    let t0 = tokio::time::Instant::now();
+    control(
+        ws,
+        r#"{"type":"send-delayed","content":"later","timeout":2}"#,
+    )
+    .await;
+    ws_silence(ws, Duration::from_millis(1500)).await;
+    assert_eq!(text(ws).await, "later");
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_secs(2) && e < Duration::from_secs(2) + LATE,
+        "delayed message after {e:?}"
+    );
+
+    let t0 = tokio::time::Instant::now();
+    control(
+        ws,
+        r#"{"type":"send-delayed","content":"soon","timeout":8,"message-type":"binary"}"#,
+    )
+    .await;
+    ws_silence(ws, SILENCE).await;
+    control(ws, r#"{"type":"flush-delayed"}"#).await;
+    assert_eq!(ws_next(ws).await, Some(Message::binary(b"soon".to_vec())));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "flush-delayed waited"
+    );
+
+    // Nothing pending: a flush sends nothing.
+    control(ws, r#"{"type":"flush-delayed"}"#).await;
+    ws_silence(ws, SILENCE).await;
+}
+
+#[tokio::test]
+async fn passthrough_grip_keep_alive_idle() {
+    let o = ws_origin(true).await;
+    let proxy = Proxy::start(&[format!("* {}", o.addr)], "").await;
+    let mut ws = ws_connect(proxy.client, "/", &[]).await.unwrap();
+    keep_alive_idle(&mut ws, "x").await;
+}
+
+#[tokio::test]
+async fn passthrough_grip_keep_alive_interval_and_message_types() {
+    let o = ws_origin(true).await;
+    let proxy = Proxy::start(&[format!("* {}", o.addr)], "").await;
+    let mut ws = ws_connect(proxy.client, "/", &[]).await.unwrap();
+    keep_alive_interval_and_types(&mut ws, "x").await;
+}
+
+#[tokio::test]
+async fn passthrough_grip_send_delayed_and_flush() {
+    let o = ws_origin(true).await;
+    let proxy = Proxy::start(&[format!("* {}", o.addr)], "").await;
+    let mut ws = ws_connect(proxy.client, "/", &[]).await.unwrap();
+    send_delayed_and_flush(&mut ws).await;
+}
+
+#[tokio::test]
+async fn woh_keep_alive_idle() {
+    let (o, mut seen) = woh_origin().await;
+    let proxy = woh_proxy(&o).await;
+    let mut ws = ws_connect(proxy.client, "/ws/?ch=k1", &[]).await.unwrap();
+    recv(&mut seen, "OPEN").await;
+    assert_eq!(text(&mut ws).await, "welcome");
+    keep_alive_idle(&mut ws, "echo:x").await;
+}
+
+#[tokio::test]
+async fn woh_keep_alive_interval_and_message_types() {
+    let (o, mut seen) = woh_origin().await;
+    let proxy = woh_proxy(&o).await;
+    let mut ws = ws_connect(proxy.client, "/ws/?ch=k2", &[]).await.unwrap();
+    recv(&mut seen, "OPEN").await;
+    assert_eq!(text(&mut ws).await, "welcome");
+    keep_alive_interval_and_types(&mut ws, "echo:x").await;
+}
+
+#[tokio::test]
+async fn woh_send_delayed_and_flush() {
+    let (o, mut seen) = woh_origin().await;
+    let proxy = woh_proxy(&o).await;
+    let mut ws = ws_connect(proxy.client, "/ws/?ch=k3", &[]).await.unwrap();
+    recv(&mut seen, "OPEN").await;
+    assert_eq!(text(&mut ws).await, "welcome");
+    send_delayed_and_flush(&mut ws).await;
+}
+
+/// `Keep-Alive-Interval: 1` is raised to 20 s: after 20 s without a request gripd POSTs one
+/// without events (same Connection-Id), and what the origin answers reaches the client. The
+/// OPEN reply may have an empty body with the header, and the header is not relayed.
+#[tokio::test]
+async fn woh_keep_alive_interval_raised_to_20s() {
+    const BOUND: Duration = Duration::from_secs(25);
+    let (o, mut seen) = woh_origin().await;
+    let proxy = woh_proxy(&o).await;
+    let req = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        format!("ws://{}/kai/", proxy.client)
+            .into_client_request()
+            .unwrap()
+    };
+    let (mut ws, resp) = tokio::time::timeout(WAIT, async {
+        let stream = tokio::net::TcpStream::connect(proxy.client).await.unwrap();
+        tokio_tungstenite::client_async(req, stream).await.unwrap()
+    })
+    .await
+    .expect("websocket connect timed out");
+    assert!(!resp.headers().contains_key("keep-alive-interval"));
+    let open = recv(&mut seen, "OPEN").await;
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(open.events, vec![WsEvent::Open]);
+
+    let r = tokio::time::timeout(BOUND, seen.recv())
+        .await
+        .expect("no keep-alive request within 25 s")
+        .unwrap();
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_secs(19),
+        "keep-alive request after {e:?}: the 20 s minimum was not applied"
+    );
+    assert!(r.events.is_empty(), "events: {:?}", r.events);
+    assert_eq!(
+        r.headers.get("connection-id"),
+        open.headers.get("connection-id")
+    );
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/websocket-events"
+    );
+    assert_eq!(text(&mut ws).await, "polled");
 }
