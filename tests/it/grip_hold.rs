@@ -585,3 +585,55 @@ async fn next_link_refetched_after_its_timeout_without_messages() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn http10_client_gets_a_close_delimited_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    s.write_all(b"GET /?h=Grip-Hold:stream&h=Grip-Channel:old HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    p.wait_subscribed("old").await;
+    p.publish_stream("old", "one\n").await;
+    p.publish(json!({"items": [{"channel": "old", "http-stream": {"action": "close"}}]}))
+        .await;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("stream did not close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\ninitial\none\n"), "{text:?}");
+}
+
+#[tokio::test]
+async fn chunked_framing_of_detached_streams_is_exact() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_o, p) = setup(NO_FIRST_SUB).await;
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    s.write_all(b"GET /?h=Grip-Hold:stream&h=Grip-Channel:raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    p.wait_subscribed("raw").await;
+    let big = "z".repeat(300);
+    p.publish_stream("raw", &big).await;
+    p.publish(json!({"items": [{"channel": "raw", "http-stream": {"action": "close"}}]}))
+        .await;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("stream did not close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body, format!("8\r\ninitial\n\r\n12c\r\n{big}\r\n0\r\n\r\n"));
+}

@@ -60,6 +60,11 @@ impl<S> FramingGuard<S> {
         }
     }
 
+    /// The wrapped socket.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Follows `data`; returns the offset where a rejected head's bytes start in `data`.
     fn scan(&mut self, data: &[u8]) -> Option<usize> {
         let mut i = 0;

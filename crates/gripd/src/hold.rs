@@ -23,9 +23,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::detach::{ClientSocket, DetachHandle};
 use crate::error::ProxyError;
 use crate::hub::{Delivery, DeliveryRx, DeliveryTx, Hub, Mode, Subscription, WeakDeliveryTx};
 use crate::metrics::GaugeGuard;
@@ -45,6 +47,9 @@ pub struct HoldContext {
     pub route: Arc<Route>,
     pub target: usize,
     pub request: ClientRequest,
+    /// The client connection, for detaching a held stream from hyper, and whether the
+    /// client speaks HTTP/1.1 (chunked framing) rather than 1.0 (close-delimited).
+    pub detach: Option<(DetachHandle, bool)>,
 }
 
 /// Turns an origin response carrying GRIP instructions into the client's response.
@@ -521,6 +526,14 @@ fn stream(
     drop(tx);
     let (mut parts, ()) = head.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some((handle, chunked)) = session.ctx.detach.take() {
+        let body = DetachedBody {
+            handle,
+            chunked,
+            session: Some(session),
+        };
+        return Ok(Response::from_parts(parts, body.boxed()));
+    }
     let body = futures_util::stream::unfold(session, |mut s| async move {
         s.next_chunk()
             .await
@@ -996,6 +1009,135 @@ async fn fetch_coalesced(
         })
         .await;
     result.clone()
+}
+
+/// A held stream's body as hyper sees it: nothing, until hyper has flushed the head; then the
+/// socket moves to `run_detached` and the body ends (see `detach.rs`).
+struct DetachedBody {
+    handle: DetachHandle,
+    chunked: bool,
+    session: Option<StreamSession>,
+}
+
+impl hyper::body::Body for DetachedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.handle.poll_take(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(socket) => {
+                if let (Some(socket), Some(session)) = (socket, this.session.take()) {
+                    let tracker = session.ctx.state.shutdown.tracker.clone();
+                    tracker.spawn(run_detached(
+                        session,
+                        socket,
+                        this.chunked,
+                        this.handle.clone(),
+                    ));
+                }
+                std::task::Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}
+
+/// Writes a detached stream: the session's chunks, in chunked framing for HTTP/1.1 clients,
+/// until the stream ends (terminating chunk, then close) or the client goes away.
+async fn run_detached(
+    mut session: StreamSession,
+    mut socket: ClientSocket,
+    chunked: bool,
+    _connection: DetachHandle,
+) {
+    loop {
+        let next = tokio::select! {
+            c = session.next_chunk() => c,
+            _ = client_gone(socket.get_ref()) => return,
+        };
+        let written = match next {
+            Some(data) => write_chunk(&mut socket, &data, chunked).await,
+            None => {
+                if chunked {
+                    let _ = socket.write_all(b"0\r\n\r\n").await;
+                }
+                let _ = socket.shutdown().await;
+                return;
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves when the client closes its side (bytes it sends meanwhile are ignored).
+async fn client_gone(socket: &tokio::net::TcpStream) {
+    let mut scratch = [0u8; 16];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes one chunk with a single vectored write where the socket allows.
+async fn write_chunk(socket: &mut ClientSocket, data: &[u8], chunked: bool) -> std::io::Result<()> {
+    if !chunked {
+        return socket.write_all(data).await;
+    }
+    let mut size = [0u8; 18];
+    let n = chunk_size_line(data.len(), &mut size);
+    let mut bufs = [
+        std::io::IoSlice::new(&size[..n]),
+        std::io::IoSlice::new(data),
+        std::io::IoSlice::new(b"\r\n"),
+    ];
+    let mut slices = &mut bufs[..];
+    while !slices.is_empty() {
+        let n = socket.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Writes `<hex length>\r\n` into `out`; returns its length.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut n = 0;
+    let mut v = len;
+    loop {
+        digits[n] = HEX[v & 0xf];
+        n += 1;
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        out[i] = digits[n - 1 - i];
+    }
+    out[n] = b'\r';
+    out[n + 1] = b'\n';
+    n + 2
 }
 
 /// What goes out in one write: one item's shared bytes as they are (no copy), or several

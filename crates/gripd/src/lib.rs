@@ -10,6 +10,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod detach;
 pub mod error;
 pub mod framing;
 pub mod hold;

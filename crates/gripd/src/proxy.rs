@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::detach::DetachHandle;
 use crate::error::{text_response, ProxyError};
 use crate::hold::{self, HoldContext};
 use crate::hub::Hub;
@@ -137,6 +138,13 @@ async fn serve(
         ));
     }
 
+    // Held streams may leave hyper once their head is written (see `detach.rs`); HEAD
+    // responses have no body to hold.
+    let detach = req
+        .extensions()
+        .get::<DetachHandle>()
+        .filter(|_| req.method() != http::Method::HEAD)
+        .map(|h| (h.clone(), req.version() == http::Version::HTTP_11));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     origin::clean_request_headers(&mut headers);
@@ -186,6 +194,7 @@ async fn serve(
             route: route.clone(),
             target,
             request,
+            detach,
         };
         return hold::respond(ctx, resp).await.map_err(|e| (route_name, e));
     }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::detach::Detach;
 use crate::framing::FramingGuard;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::origin::Body;
@@ -76,12 +77,20 @@ pub async fn serve<H, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let svc = service_fn(move |req| handler(peer, req));
-        let io = FramingGuard::new(stream, settings.head_max.max(8192));
+        let gauge = GaugeGuard::new(&metrics.connections_active);
+        // The permit and gauge live as long as the connection, even after a held stream has
+        // been detached from hyper (see `detach.rs`).
+        let (io, detach) = Detach::new(
+            FramingGuard::new(stream, settings.head_max.max(8192)),
+            Box::new((permit, gauge)),
+        );
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(detach.clone());
+            handler(peer, req)
+        });
         let conn = builder
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        let gauge = GaugeGuard::new(&metrics.connections_active);
         let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
         let token = shutdown.token.clone();
         shutdown.tracker.spawn(
@@ -97,8 +106,6 @@ pub async fn serve<H, Fut>(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with error");
                 }
-                drop(gauge);
-                drop(permit);
             }
             .instrument(span),
         );
