@@ -830,8 +830,7 @@ impl StreamSession {
             }
             Action::Send => {}
         }
-        let key = ch.spec.name.clone();
-        if let (Some(expected), Some(prev)) = (self.prev_ids.get(&key), &item.prev_id) {
+        if let (Some(expected), Some(prev)) = (self.prev_ids.get(&ch.spec.name), &item.prev_id) {
             if expected != prev {
                 if self.next_link.is_some() {
                     tracing::debug!(channel = %ch.name, expected = %expected, got = %prev, "gap in ids, recovering");
@@ -842,8 +841,14 @@ impl StreamSession {
             }
         }
         // After this item the channel's current id is the item's, whatever the filters decide.
+        // Updated in place: this runs per delivery, so no key allocation once the entry exists.
         if let Some(id) = &item.id {
-            self.prev_ids.insert(key, id.clone());
+            match self.prev_ids.get_mut(&ch.spec.name) {
+                Some(current) => id.clone_into(current),
+                None => {
+                    self.prev_ids.insert(ch.spec.name.clone(), id.clone());
+                }
+            }
         }
         if ch.spec.filters.is_empty() {
             // Fast path: the shared bytes, no per-subscriber work.
