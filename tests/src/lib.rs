@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -187,7 +187,7 @@ impl Proxy {
         let ch = channel.to_string();
         tokio::time::timeout(WAIT, async move {
             loop {
-                if hub.last_id(&ch).is_some() || hub_has(&hub, &ch) {
+                if hub.has_channel(&ch) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -196,10 +196,6 @@ impl Proxy {
         .await
         .unwrap_or_else(|_| panic!("no subscriber on {channel}"));
     }
-}
-
-fn hub_has(hub: &gripd::hub::Hub, channel: &str) -> bool {
-    hub.has_channel(channel)
 }
 
 /// A complete response read by the simple client.
@@ -394,11 +390,6 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A client for an HTTPS origin test, using hyper-util's pooled client.
-pub fn executor() -> TokioExecutor {
-    TokioExecutor::new()
 }
 
 fn init_log() {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use grip::{Action, ChannelSpec, HoldMode, Instruct, KeepAliveMode, PublishItem, ResponseBody};
+use grip::{Action, ChannelSpec, HoldMode, Instruct, KeepAliveMode, ResponseBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
@@ -315,7 +315,7 @@ async fn long_poll(
                         if !grip::should_deliver(filters, &fctx) {
                             continue;
                         }
-                        return published_response(&origin, &item, fmt, filters, &fctx);
+                        return published_response(&origin, fmt, filters, &fctx);
                     }
                 },
                 _ = sleep_until(deadline) => return origin.to_response(),
@@ -366,7 +366,6 @@ async fn long_poll(
 
 fn published_response(
     origin: &OriginResponse,
-    item: &PublishItem,
     fmt: &grip::HttpResponseFormat,
     filters: &[String],
     fctx: &grip::FilterContext<'_>,
@@ -390,7 +389,6 @@ fn published_response(
         }
         ResponseBody::Patch(patch) => patch_body(&origin.body, patch),
     };
-    let _ = item;
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::from_u16(fmt.code).unwrap_or(StatusCode::OK);
     *resp.headers_mut() = headers;

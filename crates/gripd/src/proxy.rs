@@ -2,7 +2,7 @@
 //! and the decision between pass-through and GRIP handling (`hold`).
 //!
 //! Invariants:
-//! - Ambiguous framing never reaches an origin (see `check_framing`).
+//! - Ambiguous framing never reaches an origin (`framing.rs` rejects it below hyper).
 //! - Pass-through bodies are streamed both ways; only small request bodies (≤
 //!   `retry_body_max`, known length) are buffered, so that a held request can be retried.
 
@@ -78,7 +78,6 @@ async fn serve(
     https: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, (String, ProxyError)> {
-    check_framing(&req).map_err(|e| (String::new(), e))?;
     let host = req
         .headers()
         .get(header::HOST)
@@ -202,23 +201,6 @@ async fn serve(
     let (mut parts, body) = resp.into_parts();
     origin::clean_response_headers(&mut parts.headers);
     Ok(Response::from_parts(parts, origin::incoming(body)))
-}
-
-/// Rejects requests whose framing could be read two ways (request smuggling).
-///
-/// hyper already rejects conflicting `Content-Length` values, non-chunked `Transfer-Encoding`,
-/// bad header bytes and oversized heads; this catches what it lets through.
-fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let cl = req.headers().get_all(header::CONTENT_LENGTH).iter().count();
-    if cl > 1 {
-        return Err(ProxyError::BadRequest("Duplicate Content-Length.".into()));
-    }
-    if cl == 1 && req.headers().contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadRequest(
-            "Content-Length with Transfer-Encoding.".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn strip_port(host: &str) -> &str {

@@ -177,7 +177,8 @@ struct Section {
     props: Vec<(String, String)>,
 }
 
-/// Route-level props Pushpin knows: everything else is an error.
+/// Route-level props gripd acts on; with `IGNORED_ROUTE_PROPS`, every prop Pushpin knows
+/// (anything else is an error).
 const ROUTE_PROPS: &[&str] = &[
     "id",
     "path_beg",
@@ -194,19 +195,9 @@ const ROUTE_PROPS: &[&str] = &[
     "header",
     "no_grip",
     "session",
-    // Known to Pushpin, not implemented by gripd: accepted and listed in `ignored`.
-    "orig_headers",
-    "jsonp_mode",
-    "jsonp_cb",
-    "jsonp_body",
-    "jsonp_defcb",
-    "jsonp_defmethod",
-    "sockjs",
-    "sockjs_as_path",
-    "log_level",
 ];
 
-/// Route props that gripd accepts but ignores.
+/// Route props Pushpin knows that gripd accepts but ignores (listed in `RouteProps::ignored`).
 const IGNORED_ROUTE_PROPS: &[&str] = &[
     "orig_headers",
     "jsonp_mode",
@@ -219,7 +210,7 @@ const IGNORED_ROUTE_PROPS: &[&str] = &[
     "log_level",
 ];
 
-/// Target props Pushpin knows: everything else is an error.
+/// Target props gripd acts on; with `IGNORED_TARGET_PROPS`, every prop Pushpin knows.
 const TARGET_PROPS: &[&str] = &[
     "ssl",
     "untrusted",
@@ -229,14 +220,15 @@ const TARGET_PROPS: &[&str] = &[
     "sub",
     "over_http",
     "one_event",
-    // Only meaningful for zhttp targets, or [master] mTLS: accepted and listed in `ignored`.
-    "ipc_file_mode",
-    "client_cert",
-    "client_key",
 ];
 
-/// Target props that gripd accepts but ignores.
+/// Target props Pushpin knows that gripd accepts but ignores (zhttp targets, [master] mTLS).
 const IGNORED_TARGET_PROPS: &[&str] = &["ipc_file_mode", "client_cert", "client_key"];
+
+/// Every route prop Pushpin knows.
+const ROUTE_KNOWN: &[&[&str]] = &[ROUTE_PROPS, IGNORED_ROUTE_PROPS];
+/// Every target prop Pushpin knows.
+const TARGET_KNOWN: &[&[&str]] = &[TARGET_PROPS, IGNORED_TARGET_PROPS];
 
 /// Base64 for `sig_key=base64:...`; like Qt's decoder, padding is optional.
 const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -515,7 +507,7 @@ fn parse_route(text: &str, line: usize) -> Result<Option<Route>, String> {
         return Err("must specify condition and at least one target".to_owned());
     }
 
-    let props = Props::check(&first.props, ROUTE_PROPS, "route", TARGET_PROPS)?;
+    let props = Props::check(&first.props, ROUTE_KNOWN, "route", TARGET_KNOWN)?;
     let mut condition = Condition {
         domain: match first.value.as_str() {
             "" | "*" => None,
@@ -617,7 +609,7 @@ fn parse_target(section: &Section) -> Result<Target, String> {
             port,
         }
     };
-    let props = Props::check(&section.props, TARGET_PROPS, "target", ROUTE_PROPS)?;
+    let props = Props::check(&section.props, TARGET_KNOWN, "target", ROUTE_KNOWN)?;
     let mut target = Target::new(kind);
     target.ssl = props.has("ssl");
     target.untrusted = props.has("untrusted");
@@ -646,12 +638,13 @@ impl<'a> Props<'a> {
     /// of the other kind, only to say where a misplaced prop belongs.
     fn check(
         list: &'a [(String, String)],
-        known: &[&str],
+        known: &[&[&str]],
         what: &str,
-        other: &[&str],
+        other: &[&[&str]],
     ) -> Result<Props<'a>, String> {
-        if let Some((name, _)) = list.iter().find(|(n, _)| !known.contains(&n.as_str())) {
-            let hint = if other.contains(&name.as_str()) {
+        let has = |sets: &[&[&str]], name: &str| sets.iter().any(|set| set.contains(&name));
+        if let Some((name, _)) = list.iter().find(|(n, _)| !has(known, n)) {
+            let hint = if has(other, name) {
                 if what == "route" {
                     " (it is a target option)"
                 } else {
