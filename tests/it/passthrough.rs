@@ -1,10 +1,14 @@
 //! Pass-through proxying: what the client sees through gripd equals what the origin sends.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gripd_tests::*;
 use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that echoes the request: method, path, selected headers and body.
 async fn echo_origin() -> Origin {
@@ -403,5 +407,72 @@ async fn ambiguous_framing_rejected_before_origin() {
         hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "a bad request reached the origin"
+    );
+}
+
+/// A raw keep-alive origin that closes each connection, without saying so, after
+/// `per_conn` responses (as an origin's keep-alive timeout does). Counts connections.
+async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..per_conn {
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break buf.drain(..end + 4).collect::<Vec<u8>>();
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(WAIT, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&head);
+                    let reply: &[u8] = if head.starts_with("GET /empty") {
+                        b"HTTP/1.1 204 No Content\r\n\r\n"
+                    } else if head.starts_with("HEAD") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn origin_connections_reused_and_closed_ones_replaced() {
+    let (addr, accepted) = closing_origin(4).await;
+    let p = Proxy::start(&[format!("* {addr}")], "").await;
+    // Nine requests, one at a time: four per origin connection (bodiless answers included),
+    // then the origin closes it and the next request must get a new one, not a 502.
+    let plan = [
+        ("GET", "/a", 200, "ok"),
+        ("HEAD", "/a", 200, ""),
+        ("GET", "/empty", 204, ""),
+        ("GET", "/a", 200, "ok"),
+    ];
+    for (i, (method, path, status, body)) in plan.iter().cycle().take(9).enumerate() {
+        let r = request(p.client, method, path, &[], "").await;
+        assert_eq!(r.status, *status, "request {i}: {method} {path}");
+        assert_eq!(r.body, *body, "request {i}: {method} {path}");
+        // Time for gripd to see the origin's close of an idle connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "origin connections opened"
     );
 }

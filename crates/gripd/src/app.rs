@@ -120,7 +120,9 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         let state = state.clone();
         // Boxed so hyper's per-connection slot for the in-flight request stays small: the
         // request future is large and finished long before a held response ends.
-        let handler = move |peer, req| Box::pin(proxy::handle(state.clone(), peer, false, req));
+        let handler = move |peer, detach, req| {
+            Box::pin(proxy::handle(state.clone(), peer, false, detach, req))
+        };
         shutdown.tracker.spawn(server::serve(
             listener,
             ListenerSettings {
@@ -141,7 +143,7 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         metrics: metrics.clone(),
         body_max: config.publish_body_max,
     });
-    let handler = move |_peer, req| publish_http::handle(control.clone(), req);
+    let handler = move |_peer, _detach, req| publish_http::handle(control.clone(), req);
     shutdown.tracker.spawn(server::serve(
         listeners.control,
         ListenerSettings {

@@ -72,33 +72,42 @@ impl<S> FramingGuard<S> {
             match &mut self.state {
                 State::Tunnel | State::Rejected => return None,
                 State::Head => {
-                    let start = i;
                     // Skip blank lines between requests (RFC 9112 §2.2 allows them).
                     if self.head.is_empty() && (data[i] == b'\r' || data[i] == b'\n') {
                         i += 1;
                         continue;
                     }
-                    while i < data.len() {
-                        self.head.push(data[i]);
-                        i += 1;
-                        if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
-                            break;
+                    let start = i;
+                    let rest = &data[i..];
+                    let Some(end) = head_end(&self.head, rest) else {
+                        self.head.extend_from_slice(rest);
+                        if self.head.len() > self.head_max {
+                            // hyper rejects oversized heads itself.
+                            self.state = State::Tunnel;
+                            self.head = Vec::new();
                         }
-                    }
-                    if self.head.len() > self.head_max {
-                        // hyper rejects oversized heads itself.
+                        return None;
+                    };
+                    i += end;
+                    if self.head.len() + end > self.head_max {
                         self.state = State::Tunnel;
                         self.head = Vec::new();
                         return None;
                     }
-                    if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
-                        let head = std::mem::take(&mut self.head);
-                        match judge(&head) {
-                            Verdict::Ok(next) => self.state = next,
-                            Verdict::Reject => {
-                                self.state = State::Rejected;
-                                return Some(start);
-                            }
+                    // A head within one read is judged where it lies, without a copy.
+                    let verdict = if self.head.is_empty() {
+                        judge(&rest[..end])
+                    } else {
+                        self.head.extend_from_slice(&rest[..end]);
+                        let v = judge(&self.head);
+                        self.head = Vec::new();
+                        v
+                    };
+                    match verdict {
+                        Verdict::Ok(next) => self.state = next,
+                        Verdict::Reject => {
+                            self.state = State::Rejected;
+                            return Some(start);
                         }
                     }
                 }
@@ -161,37 +170,65 @@ impl<S> FramingGuard<S> {
     }
 }
 
+/// Where a request head ends in `rest` (just past its blank line), given the head's bytes
+/// already seen in earlier reads (`seen`): the blank line may straddle two reads.
+fn head_end(seen: &[u8], rest: &[u8]) -> Option<usize> {
+    // The byte `back` places before `rest[j]`, looking into `seen` when needed.
+    let before = |j: usize, back: usize| -> Option<u8> {
+        if j >= back {
+            Some(rest[j - back])
+        } else {
+            seen.len().checked_sub(back - j).map(|k| seen[k])
+        }
+    };
+    let mut from = 0;
+    while let Some(off) = rest[from..].iter().position(|&b| b == b'\n') {
+        let j = from + off;
+        let lf_lf = before(j, 1) == Some(b'\n');
+        let crlf_crlf = before(j, 1) == Some(b'\r')
+            && before(j, 2) == Some(b'\n')
+            && before(j, 3) == Some(b'\r');
+        if lf_lf || crlf_crlf {
+            return Some(j + 1);
+        }
+        from = j + 1;
+    }
+    None
+}
+
 /// Decides what follows a complete request head.
 fn judge(head: &[u8]) -> Verdict {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         // hyper will reject what httparse cannot parse; stop following this connection.
         _ => return Verdict::Ok(State::Tunnel),
     }
-    let mut content_lengths = Vec::new();
-    let mut te = None;
+    let mut content_length = None;
+    let mut content_lengths = 0;
+    let mut te = false;
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            content_lengths.push(h.value);
+            content_lengths += 1;
+            content_length = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
+            te = true;
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
     }
-    if content_lengths.len() > 1 || (te.is_some() && !content_lengths.is_empty()) {
+    if content_lengths > 1 || (te && content_lengths > 0) {
         return Verdict::Reject;
     }
     if upgrade {
         return Verdict::Ok(State::Tunnel);
     }
-    if te.is_some() {
+    if te {
         return Verdict::Ok(State::ChunkSize(Vec::new()));
     }
-    match content_lengths.first() {
+    match content_length {
         None => Verdict::Ok(State::Head),
         Some(v) => match std::str::from_utf8(v)
             .ok()
@@ -299,5 +336,36 @@ mod tests {
             }
         }
         assert!(hit.is_some_and(|h| h >= bad), "{hit:?}");
+        // And in every split of the same stream into two reads.
+        for cut in 0..stream.len() {
+            let mut g = FramingGuard::new((), 8192);
+            let hit = g
+                .scan(&stream[..cut])
+                .or_else(|| g.scan(&stream[cut..]).map(|at| cut + at));
+            assert!(hit.is_some_and(|h| h >= bad), "cut {cut}: {hit:?}");
+        }
+    }
+
+    #[test]
+    fn finds_head_ends_across_reads() {
+        assert_eq!(head_end(b"", b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(head_end(b"", b"GET / HTTP/1.1\n\nrest"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", b"\nrest"), Some(1));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", b"\r\n"), Some(2));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r", b"\n\r\n"), Some(3));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n", b"\n"), Some(1));
+        assert_eq!(head_end(b"", b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"", b"\n"), None);
+    }
+
+    #[test]
+    fn good_pipelined_requests_pass() {
+        let stream = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n\r\n";
+        for cut in 0..stream.len() {
+            let mut g = FramingGuard::new((), 8192);
+            assert_eq!(g.scan(&stream[..cut]), None, "cut {cut}");
+            assert_eq!(g.scan(&stream[cut..]), None, "cut {cut}");
+            assert!(matches!(g.state, State::Head), "cut {cut}");
+        }
     }
 }

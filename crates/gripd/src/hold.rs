@@ -17,12 +17,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pool::PooledBody;
 use bytes::{Bytes, BytesMut};
 use grip::{Action, ChannelSpec, HoldMode, Instruct, KeepAliveMode, ResponseBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -55,7 +56,7 @@ pub struct HoldContext {
 /// Turns an origin response carrying GRIP instructions into the client's response.
 pub async fn respond(
     ctx: HoldContext,
-    resp: Response<Incoming>,
+    resp: crate::origin::OriginResponse,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = resp.into_parts();
     let needs_body = grip::is_instruct_body(&parts.headers)
@@ -83,7 +84,7 @@ pub async fn respond(
     let instruct =
         Instruct::from_headers(&parts.headers).map_err(|e| ProxyError::Instruct(e.to_string()))?;
     let head = OriginResponse::new(parts.status, &parts.headers, Bytes::new(), &instruct).head();
-    let body = crate::origin::incoming(body);
+    let body = crate::origin::boxed(body);
     match instruct.hold {
         Some(HoldMode::Stream) => stream(ctx, instruct, head, Some(body)),
         Some(HoldMode::Response) => Err(ProxyError::Internal("response hold without body".into())),
@@ -187,7 +188,7 @@ fn set_reason<B>(resp: &mut Response<B>, reason: Option<&str>) {
     }
 }
 
-async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+async fn read_limited(body: PooledBody, max: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
@@ -338,7 +339,7 @@ async fn long_poll(
         if !grip::is_grip_response(resp.headers()) {
             let (mut parts, body) = resp.into_parts();
             clean_response_headers(&mut parts.headers);
-            return Response::from_parts(parts, crate::origin::incoming(body));
+            return Response::from_parts(parts, crate::origin::boxed(body));
         }
         let (parts, body) = resp.into_parts();
         if parts.headers.get("grip-hold").map(|v| v.as_bytes()) != Some(b"response") {

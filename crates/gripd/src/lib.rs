@@ -17,6 +17,7 @@ pub mod hold;
 pub mod hub;
 pub mod metrics;
 pub mod origin;
+pub mod pool;
 pub mod proxy;
 pub mod publish_cli;
 pub mod publish_http;

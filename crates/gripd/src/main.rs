@@ -15,6 +15,11 @@ const EX_USAGE: u8 = 64;
 /// sysexits' EX_UNAVAILABLE: could not start (e.g. a port is taken).
 const EX_UNAVAILABLE: u8 = 69;
 
+/// mimalloc: fewer cycles per request than glibc's allocator on the proxy path, and no
+/// per-thread arenas growing with the worker count.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {

@@ -1,6 +1,6 @@
-//! The origin side: a pooled hyper client (HTTP and HTTPS through rustls) and the rewriting of
-//! client requests into origin requests (hop-by-hop removal, `Grip-Sig`, `Grip-Feature`,
-//! X-Forwarded-*).
+//! The origin side: HTTP/1.1 connections (plain, or TLS through rustls) kept in `pool.rs`, and
+//! the rewriting of client requests into origin requests (hop-by-hop removal, `Grip-Sig`,
+//! `Grip-Feature`, X-Forwarded-*).
 //!
 //! Invariants:
 //! - A client can never make the origin see its own `Grip-*` headers (no forged `Grip-Sig`).
@@ -16,15 +16,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
+use tower_service::Service;
 
 use crate::config::{Config, ForwardedForStep, ForwardedProto};
 use crate::error::ProxyError;
+use crate::pool::{Conn, Key, Pool, PooledBody, Tls};
 use crate::routes::{Route, Target, TargetKind};
 
 /// Error type of every body gripd moves.
@@ -60,7 +59,15 @@ pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+type Connector = HttpsConnector<HttpConnector>;
+
+/// An origin's response; its body returns the connection to the pool when it ends.
+pub type OriginResponse = Response<PooledBody>;
+
+/// Idle origin connections kept per origin.
+const POOL_MAX_IDLE: usize = 1024;
+/// An idle origin connection unused this long is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`.
 pub struct Signer {
@@ -71,8 +78,9 @@ pub struct Signer {
 
 /// The origin client.
 pub struct Origin {
-    client: HttpsClient,
-    insecure: HttpsClient,
+    pool: Arc<Pool>,
+    verified: Connector,
+    insecure: Connector,
     response_timeout: Duration,
     signer: Signer,
     forwarded_for: Vec<ForwardedForStep>,
@@ -154,15 +162,10 @@ impl Origin {
                 .wrap_connector(http),
             Err(_) => verified.clone(),
         };
-        let build = |c| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(c)
-        };
         Origin {
-            client: build(verified),
-            insecure: build(insecure_conn),
+            pool: Pool::new(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT),
+            verified,
+            insecure: insecure_conn,
             response_timeout: config.response_timeout,
             signer: Signer::new(&config.sig_iss, config.sig_key.bytes()),
             forwarded_for: config.x_forwarded_for.clone(),
@@ -182,17 +185,12 @@ impl Origin {
         body: Body,
         extra: &[(HeaderName, HeaderValue)],
         client_headers: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<OriginResponse, ProxyError> {
         let TargetKind::Host { host, port } = &target.kind else {
             return Err(ProxyError::Internal("test target has no origin".into()));
         };
-        let scheme = if target.ssl { "https" } else { "http" };
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let uri: Uri = format!("{scheme}://{authority}{path_and_query}")
+        // Origin-form: the connection is already to the origin.
+        let uri: Uri = path_and_query
             .parse()
             .map_err(|e| ProxyError::BadRequest(format!("bad request URI: {e}")))?;
         let mut headers = if client_headers {
@@ -243,19 +241,86 @@ impl Origin {
         let request = builder
             .body(body)
             .map_err(|e| ProxyError::Internal(format!("building origin request: {e}")))?;
-        let client = if target.insecure {
-            &self.insecure
-        } else {
-            &self.client
+        let tls = match (target.ssl, target.insecure) {
+            (false, _) => Tls::Plain,
+            (true, false) => Tls::Verified,
+            (true, true) => Tls::Insecure,
         };
-        match tokio::time::timeout(self.response_timeout, client.request(request)).await {
-            Err(_) => Err(ProxyError::OriginTimeout(authority)),
-            Ok(Err(e)) if e.is_connect() => {
-                Err(ProxyError::OriginConnect(authority, e.to_string()))
+        let exchange = async {
+            let mut request = request;
+            if let Some(mut conn) = self.pool.take(tls, host, *port).await {
+                match conn.send.try_send_request(request).await {
+                    Ok(resp) => return Ok(self.pooled(resp, conn)),
+                    // Never written: the connection closed while idle. Use a new one.
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => request = r,
+                        None => {
+                            return Err(ProxyError::OriginFailed(
+                                authority(host, *port),
+                                e.into_error().to_string(),
+                            ))
+                        }
+                    },
+                }
             }
-            Ok(Err(e)) => Err(ProxyError::OriginFailed(authority, e.to_string())),
-            Ok(Ok(resp)) => Ok(resp),
+            let mut conn = Box::pin(self.connect(tls, host, *port)).await?;
+            match conn.send.send_request(request).await {
+                Ok(resp) => Ok(self.pooled(resp, conn)),
+                Err(e) => Err(ProxyError::OriginFailed(
+                    authority(host, *port),
+                    e.to_string(),
+                )),
+            }
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => Err(ProxyError::OriginTimeout(authority(host, *port))),
+            Ok(r) => r,
         }
+    }
+
+    fn pooled(&self, resp: Response<hyper::body::Incoming>, conn: Conn) -> OriginResponse {
+        resp.map(|body| PooledBody::new(body, self.pool.clone(), conn))
+    }
+
+    /// Opens a new connection (TCP, then TLS for `ssl` targets) and starts its HTTP/1.1 driver.
+    async fn connect(&self, tls: Tls, host: &str, port: u16) -> Result<Conn, ProxyError> {
+        let authority = authority(host, port);
+        let scheme = if tls == Tls::Plain { "http" } else { "https" };
+        let fail = |e: String| ProxyError::OriginConnect(authority.clone(), e);
+        let uri: Uri = format!("{scheme}://{authority}/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
+        let mut connector = match tls {
+            Tls::Insecure => self.insecure.clone(),
+            Tls::Plain | Tls::Verified => self.verified.clone(),
+        };
+        // In a task of its own: the connector's future is not `Sync`, and held-stream bodies
+        // that fetch next links must be.
+        let opened = tokio::spawn(async move {
+            let io = connector.call(uri).await.map_err(|e| e.to_string())?;
+            let (send, driver) = hyper::client::conn::http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = driver.with_upgrades().await {
+                    tracing::debug!(error = %e, "origin connection ended with error");
+                }
+            });
+            Ok::<_, String>(send)
+        });
+        let send = match opened.await {
+            Ok(r) => r.map_err(fail)?,
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        Ok(Conn {
+            send,
+            key: Arc::new(Key {
+                tls,
+                host: host.to_string(),
+                port,
+            }),
+        })
     }
 
     /// Sends `req` to the route's targets in order, moving on when a target refuses the
@@ -266,7 +331,7 @@ impl Origin {
         req: &ClientRequest,
         mut streamed: Option<Body>,
         extra: &[(HeaderName, HeaderValue)],
-    ) -> Result<(Response<Incoming>, usize), ProxyError> {
+    ) -> Result<(OriginResponse, usize), ProxyError> {
         let path = route.rewrite_path(&req.path_and_query);
         let mut last = None;
         for (i, target) in route.targets.iter().enumerate() {
@@ -295,7 +360,7 @@ impl Origin {
         req: &ClientRequest,
         path_and_query: &str,
         grip_last: &[(HeaderName, HeaderValue)],
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<OriginResponse, ProxyError> {
         let get = ClientRequest {
             method: Method::GET,
             path_and_query: path_and_query.to_string(),
@@ -403,8 +468,20 @@ pub fn empty() -> Body {
 }
 
 /// An origin (or client) body, boxed with our error type.
-pub fn incoming(b: Incoming) -> Body {
+pub fn boxed<B>(b: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     b.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn unix_now() -> u64 {

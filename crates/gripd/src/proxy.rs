@@ -50,6 +50,7 @@ pub async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
     https: bool,
+    detach: DetachHandle,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
@@ -58,7 +59,7 @@ pub async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let resp = match serve(&state, peer, https, req).await {
+    let resp = match serve(&state, peer, https, detach, req).await {
         Ok(r) => r,
         Err((route, e)) => {
             state.metrics.requests_error.inc();
@@ -76,6 +77,7 @@ async fn serve(
     state: &Arc<State>,
     peer: SocketAddr,
     https: bool,
+    detach: DetachHandle,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, (String, ProxyError)> {
     let host = req
@@ -126,7 +128,7 @@ async fn serve(
             host,
             path_and_query,
         };
-        return ws::serve(state, route, req, hs)
+        return Box::pin(ws::serve(state, route, req, hs))
             .await
             .map_err(|e| (route_name, e));
     }
@@ -139,11 +141,8 @@ async fn serve(
 
     // Held streams may leave hyper once their head is written (see `detach.rs`); HEAD
     // responses have no body to hold.
-    let detach = req
-        .extensions()
-        .get::<DetachHandle>()
-        .filter(|_| req.method() != http::Method::HEAD)
-        .map(|h| (h.clone(), req.version() == http::Version::HTTP_11));
+    let detach = (req.method() != http::Method::HEAD)
+        .then(|| (detach, req.version() == http::Version::HTTP_11));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     origin::clean_request_headers(&mut headers);
@@ -169,7 +168,7 @@ async fn serve(
             (Some(bytes), None)
         }
         (None, false) => (Some(Bytes::new()), None),
-        _ => (None, Some(origin::incoming(body))),
+        _ => (None, Some(origin::boxed(body))),
     };
     let request = ClientRequest {
         method: parts.method,
@@ -195,12 +194,15 @@ async fn serve(
             request,
             detach,
         };
-        return hold::respond(ctx, resp).await.map_err(|e| (route_name, e));
+        // Boxed, like the WebSocket branch: the pass-through future stays small.
+        return Box::pin(hold::respond(ctx, resp))
+            .await
+            .map_err(|e| (route_name, e));
     }
     state.metrics.requests_passthrough.inc();
     let (mut parts, body) = resp.into_parts();
     origin::clean_response_headers(&mut parts.headers);
-    Ok(Response::from_parts(parts, origin::incoming(body)))
+    Ok(Response::from_parts(parts, origin::boxed(body)))
 }
 
 fn strip_port(host: &str) -> &str {

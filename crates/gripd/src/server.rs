@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::detach::Detach;
+use crate::detach::{Detach, DetachHandle};
 use crate::framing::FramingGuard;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::origin::Body;
@@ -44,7 +44,7 @@ pub async fn serve<H, Fut>(
     metrics: Arc<Metrics>,
     handler: H,
 ) where
-    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(SocketAddr, DetachHandle, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let mut builder = http1::Builder::new();
@@ -84,10 +84,7 @@ pub async fn serve<H, Fut>(
             FramingGuard::new(stream, settings.head_max.max(8192)),
             Box::new((permit, gauge)),
         );
-        let svc = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(detach.clone());
-            handler(peer, req)
-        });
+        let svc = service_fn(move |req: Request<Incoming>| handler(peer, detach.clone(), req));
         let conn = builder
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();

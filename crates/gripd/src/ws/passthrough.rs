@@ -58,7 +58,7 @@ pub(super) async fn open(
         // Rejected: the client gets the origin's status, headers and body.
         let (mut parts, body) = resp.into_parts();
         origin::clean_response_headers(&mut parts.headers);
-        return Ok(Response::from_parts(parts, origin::incoming(body)));
+        return Ok(Response::from_parts(parts, origin::boxed(body)));
     }
     let origin_upgrade = hyper::upgrade::on(&mut resp);
     let subs: Vec<String> = route

@@ -18,6 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::origin::OriginResponse;
+use crate::pool::PooledBody;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
@@ -25,7 +27,6 @@ use grip::{WsEvent, WsMessageType};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -118,7 +119,7 @@ pub(super) async fn open(
     if resp.status() != StatusCode::OK || !is_events(resp.headers()) {
         let (mut parts, body) = resp.into_parts();
         origin::clean_response_headers(&mut parts.headers);
-        return Ok(Response::from_parts(parts, origin::incoming(body)));
+        return Ok(Response::from_parts(parts, origin::boxed(body)));
     }
     let (parts, body) = resp.into_parts();
     let reply = read_reply(parts.headers, body).await?;
@@ -513,7 +514,7 @@ impl Link {
         &self,
         events: Vec<WsEvent>,
         meta: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<OriginResponse, ProxyError> {
         let mut extra = vec![
             (header::CONTENT_TYPE, HeaderValue::from_static(EVENTS_TYPE)),
             (header::ACCEPT, HeaderValue::from_static(EVENTS_TYPE)),
@@ -560,7 +561,7 @@ impl Link {
     }
 }
 
-async fn read_reply(headers: HeaderMap, body: Incoming) -> Result<Reply, ProxyError> {
+async fn read_reply(headers: HeaderMap, body: PooledBody) -> Result<Reply, ProxyError> {
     let bytes = Limited::new(body, RESPONSE_BODY_MAX)
         .collect()
         .await
