@@ -424,36 +424,36 @@ impl Origin {
 /// Cleans client request headers: hop-by-hop (including those named in `Connection`), and
 /// every `Grip-*` header (clients must not forge `Grip-Sig` or `Grip-Last`).
 pub fn clean_request_headers(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers, STRIPPED_REQUEST_HEADERS);
-    let grip: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("grip-"))
-        .cloned()
-        .collect();
-    for name in grip {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers, STRIPPED_REQUEST_HEADERS, true);
 }
 
 /// Removes hop-by-hop headers from an origin response (including those named in `Connection`).
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers, STRIPPED_RESPONSE_HEADERS);
+    remove_hop_by_hop(headers, STRIPPED_RESPONSE_HEADERS, false);
 }
 
-/// Removes the headers `Connection` names, then `fixed`.
-fn remove_hop_by_hop(headers: &mut HeaderMap, fixed: &[&str]) {
-    let listed: Vec<HeaderName> = headers
+/// Removes the headers `Connection` names, those in `fixed`, and with `grip` every `Grip-*`.
+/// One pass over the names present (usually none goes): no lookup per listed name.
+fn remove_hop_by_hop(headers: &mut HeaderMap, fixed: &[&str], grip: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if fixed.contains(&n) || (grip && n.starts_with("grip-")) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    let listed = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+    doomed.extend(listed.collect::<Vec<_>>());
+    for name in doomed {
         headers.remove(name);
-    }
-    for name in fixed {
-        headers.remove(*name);
     }
 }
 
@@ -539,5 +539,68 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn request_headers_cleaned() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("connection", "keep-alive, X-Private"),
+            ("connection", "upgrade"),
+            ("x-private", "1"),
+            ("upgrade", "h2c"),
+            ("accept-encoding", "gzip"),
+            ("grip-sig", "forged"),
+            ("Grip-Last", "ch; last-id=1"),
+            ("te", "trailers"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-gripped", "kept"),
+        ]);
+        clean_request_headers(&mut h);
+        assert_eq!(names(&h), ["cookie", "host", "x-gripped"]);
+        assert_eq!(h.get_all("cookie").iter().count(), 2);
+        // Nothing to remove: untouched.
+        let mut h = map(&[("host", "a"), ("accept", "*/*")]);
+        clean_request_headers(&mut h);
+        assert_eq!(names(&h), ["accept", "host"]);
+    }
+
+    #[test]
+    fn response_headers_cleaned_but_grip_kept() {
+        let mut h = map(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=5"),
+            ("grip-hold", "stream"),
+            ("content-type", "text/plain"),
+            ("accept-encoding", "kept in responses"),
+        ]);
+        clean_response_headers(&mut h);
+        assert_eq!(names(&h), ["accept-encoding", "content-type", "grip-hold"]);
     }
 }
