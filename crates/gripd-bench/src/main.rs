@@ -6,6 +6,7 @@ mod http;
 mod load;
 mod origin;
 mod procfs;
+mod relay;
 mod report;
 mod scenario;
 mod sse;
@@ -37,6 +38,13 @@ enum Cmd {
     Origin {
         #[arg(long, default_value = "127.0.0.1:18080")]
         listen: SocketAddr,
+    },
+    /// Run the pass-through ceiling: a bare byte relay to --origin (see relay.rs).
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        origin: SocketAddr,
     },
     /// Open N SSE connections through the proxy: connections/s and RSS per held connection.
     Hold {
@@ -109,6 +117,13 @@ fn main() -> Result<()> {
         Cmd::Origin { listen } => {
             ensure!(listen.ip().is_loopback(), "origin listens on loopback only");
             return rt.block_on(origin::run(listen));
+        }
+        Cmd::Relay { listen, origin } => {
+            ensure!(
+                listen.ip().is_loopback() && origin.ip().is_loopback(),
+                "the relay runs on loopback only"
+            );
+            return rt.block_on(relay::run(listen, origin));
         }
         Cmd::Table { gripd, pushpin } => {
             print!("{}", report::table(&gripd, &pushpin));

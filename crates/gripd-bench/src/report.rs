@@ -314,6 +314,19 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
         ratio(gv, pv),
         "≥ 0.5x".into(),
     ]);
+    // What no proxy can beat here: a relay that only frames messages (relay.rs).
+    let ceiling = |r: &HashMap<String, Value>| {
+        let relay = num(r, "wrk:ceiling", "ok_rps")?;
+        let direct = num(r, "wrk:direct", "ok_rps")?;
+        (direct > 0.0).then(|| relay / direct)
+    };
+    rows.push([
+        "pass-through: bare byte relay vs direct (the ceiling on this machine)".into(),
+        fmt(ceiling(&g), "x"),
+        fmt(ceiling(&p), "x"),
+        "—".into(),
+        String::new(),
+    ]);
 
     let mut out = String::from(
         "| figure | gripd | Pushpin | ratio (gripd / Pushpin) | target |\n|---|---|---|---|---|\n",
