@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::queue;
 
 /// Number of independently locked channel maps.
 const SHARDS: usize = 64;
@@ -58,11 +59,11 @@ pub enum Mode {
 }
 
 /// The sending half of a connection's queue.
-pub type DeliveryTx = mpsc::Sender<Delivery>;
+pub type DeliveryTx = queue::Sender<Delivery>;
 /// A sender that does not keep the queue open.
-pub type WeakDeliveryTx = mpsc::WeakSender<Delivery>;
+pub type WeakDeliveryTx = queue::WeakSender<Delivery>;
 /// The receiving half of a connection's queue.
-pub type DeliveryRx = mpsc::Receiver<Delivery>;
+pub type DeliveryRx = queue::Receiver<Delivery>;
 
 /// Hub settings, taken from `Config`.
 #[derive(Debug, Clone)]
@@ -141,7 +142,7 @@ impl Hub {
 
     /// A new bounded queue for one connection.
     pub fn queue(capacity: usize) -> (DeliveryTx, DeliveryRx) {
-        mpsc::channel(capacity.max(1))
+        queue::bounded(capacity)
     }
 
     /// Registers a listener for channel interest changes; it first receives every current channel.
@@ -384,8 +385,8 @@ impl Hub {
             }
             match sub.tx.try_send(Delivery::Item(item.clone())) {
                 Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(queue::TrySendError::Full(_)) => dropped += 1,
+                Err(queue::TrySendError::Closed(_)) => {}
             }
         }
         self.metrics.deliveries.inc_by(sent as u64);

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod publish_cli;
 pub mod publish_http;
 pub mod publish_zmq;
+pub mod queue;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
