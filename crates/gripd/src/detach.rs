@@ -96,6 +96,12 @@ impl Detach {
         }
     }
 
+    /// Takes what must live as long as the connection, so that a detached stream can keep it
+    /// without keeping this whole struct.
+    pub fn take_keep(&self) -> Option<Box<dyn Any + Send>> {
+        lock(&self.keep).take()
+    }
+
     fn detached(&self) -> bool {
         self.state.load(Ordering::Acquire) == DETACHED
     }

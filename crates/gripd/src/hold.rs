@@ -1089,8 +1089,9 @@ fn run_detached(
     connection: DetachHandle,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        // Held for the connection's life (permit, gauge): mentioning it moves it in.
-        let _connection = &connection;
+        // The connection's permit and gauge, held for its life; the rest of `Detach` is freed.
+        let _keep = connection.take_keep();
+        drop(connection);
         loop {
             // Idle streams wait here, in a small future; `next_chunk`'s much larger state machine
             // lives on the heap only while there is work, so it is not part of every held
