@@ -637,3 +637,48 @@ async fn chunked_framing_of_detached_streams_is_exact() {
     let body = text.split_once("\r\n\r\n").unwrap().1;
     assert_eq!(body, format!("8\r\ninitial\n\r\n12c\r\n{big}\r\n0\r\n\r\n"));
 }
+
+/// A held stream keeps its connection slot while it lives and frees it when it ends, whether
+/// the publisher closes it or the client goes away (the slot outlives hyper's connection:
+/// held streams are detached from hyper).
+#[tokio::test]
+async fn held_stream_frees_its_connection_slot_when_it_ends() {
+    let (_o, p) =
+        setup("[server]\nmax_connections = 1\n[hold]\nupdate_on_first_subscription = false\n")
+            .await;
+    for round in 0..2 {
+        let mut s = Stream::open(p.client, "/?h=Grip-Hold:stream&h=Grip-Channel:slot", &[]).await;
+        s.read_until("initial\n").await;
+        p.wait_subscribed("slot").await;
+        // While it is held, the one slot is taken: a second client is not served.
+        let mut waiting = tokio::net::TcpStream::connect(p.client).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut waiting, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read(&mut waiting, &mut buf),
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "round {round}: served while the slot was held"
+        );
+        drop(waiting);
+        if round == 0 {
+            let (st, _) = p
+                .publish(
+                    json!({"items": [{"channel": "slot", "http-stream": {"action": "close"}}]}),
+                )
+                .await;
+            assert_eq!(st, 200);
+            s.read_to_end().await;
+        } else {
+            drop(s);
+        }
+        // Once the stream has ended, the slot serves the next client.
+        let r = request(p.client, "GET", "/", &[], "").await;
+        assert_eq!(r.status, 200, "round {round}");
+    }
+}
