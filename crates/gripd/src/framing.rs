@@ -65,6 +65,11 @@ impl<S> FramingGuard<S> {
         &self.inner
     }
 
+    /// The socket, no longer guarded (a detached stream reads nothing from its client).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Follows `data`; returns the offset where a rejected head's bytes start in `data`.
     fn scan(&mut self, data: &[u8]) -> Option<usize> {
         let mut i = 0;

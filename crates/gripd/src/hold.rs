@@ -1084,25 +1084,28 @@ impl hyper::body::Body for DetachedBody {
 #[allow(clippy::manual_async_fn)] // deliberate: see above (888 bytes instead of 1,512)
 fn run_detached(
     mut session: StreamSession,
-    mut socket: ClientSocket,
+    socket: ClientSocket,
     chunked: bool,
     connection: DetachHandle,
 ) -> impl std::future::Future<Output = ()> {
+    // The connection's permit and gauge, held for its life; the rest of `Detach` is freed.
+    let keep = connection.take_keep();
+    drop(connection);
+    // Client input is ignored from here on: no framing guard needed.
+    let mut socket = socket.into_inner();
     async move {
-        // The connection's permit and gauge, held for its life; the rest of `Detach` is freed.
-        let _keep = connection.take_keep();
-        drop(connection);
+        let _keep = &keep;
         loop {
             // Idle streams wait here, in a small future; `next_chunk`'s much larger state machine
             // lives on the heap only while there is work, so it is not part of every held
             // connection's task.
             tokio::select! {
                 _ = std::future::poll_fn(|cx| session.poll_idle(cx)) => {}
-                _ = client_gone(socket.get_ref()) => return,
+                _ = client_gone(&socket) => return,
             }
             let next = tokio::select! {
                 c = Box::pin(session.next_chunk()) => c,
-                _ = client_gone(socket.get_ref()) => return,
+                _ = client_gone(&socket) => return,
             };
             let written = match next {
                 Some(data) => write_chunk(&mut socket, &data, chunked).await,
@@ -1122,10 +1125,17 @@ fn run_detached(
 }
 
 /// Resolves when the client closes its side (bytes it sends meanwhile are ignored).
+///
+/// Waits with `poll_read_ready`, which parks this task's waker in the socket's reader slot:
+/// that replaces the waker hyper's (finished) connection task left there, which would
+/// otherwise keep that task's memory (~1.6 KB) alive for as long as the stream is held.
 async fn client_gone(socket: &tokio::net::TcpStream) {
     let mut scratch = [0u8; 16];
     loop {
-        if socket.readable().await.is_err() {
+        if std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+            .await
+            .is_err()
+        {
             return;
         }
         match socket.try_read(&mut scratch) {
@@ -1138,7 +1148,11 @@ async fn client_gone(socket: &tokio::net::TcpStream) {
 }
 
 /// Writes one chunk with a single vectored write where the socket allows.
-async fn write_chunk(socket: &mut ClientSocket, data: &[u8], chunked: bool) -> std::io::Result<()> {
+async fn write_chunk(
+    socket: &mut tokio::net::TcpStream,
+    data: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
     if !chunked {
         return socket.write_all(data).await;
     }

@@ -17,6 +17,7 @@ const EX_UNAVAILABLE: u8 = 69;
 
 /// mimalloc: fewer cycles per request than glibc's allocator on the proxy path, and no
 /// per-thread arenas growing with the worker count.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
