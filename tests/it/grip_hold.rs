@@ -682,3 +682,45 @@ async fn held_stream_frees_its_connection_slot_when_it_ends() {
         assert_eq!(r.status, 200, "round {round}");
     }
 }
+
+/// Next-link refreshes that bring nothing new leave the stream idle but alive: later
+/// refreshes still happen, and a later publish is still delivered.
+#[tokio::test]
+async fn stream_works_after_next_link_refreshes_with_no_news() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let seen = fetches.clone();
+    let o = origin(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let hs = [
+                ("Grip-Hold", "stream"),
+                ("Grip-Channel", "quiet"),
+                ("Grip-Link", "</next>; rel=next; timeout=1"),
+            ];
+            if req.uri().path() == "/next" {
+                seen.fetch_add(1, Ordering::SeqCst);
+                resp(200, &hs, "")
+            } else {
+                resp(200, &hs, "open\n")
+            }
+        }
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
+    let mut s = Stream::open(p.client, "/", &[]).await;
+    s.read_until("open\n").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fetches.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "next link refreshed {} times",
+            fetches.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.wait_subscribed("quiet").await;
+    p.publish_stream("quiet", "after\n").await;
+    s.read_until("after\n").await;
+}

@@ -456,6 +456,15 @@ struct SessionChannel {
     _sub: Subscription,
 }
 
+/// What `StreamSession::step` found.
+enum Step {
+    Data(Bytes),
+    /// The response ends.
+    End,
+    /// Nothing to do until a message or a timer (only when not told to wait).
+    Idle,
+}
+
 /// The state of one held stream (or a paging response following next links).
 struct StreamSession {
     ctx: HoldContext,
@@ -676,9 +685,9 @@ impl StreamSession {
         }
     }
 
-    /// Ready when `next_chunk` has something to do at once: a message or the queue's end, a
+    /// Ready when `step` has something to do at once: a message or the queue's end, a
     /// timer due, or work pending (relay, fetch, close). Lets an idle stream wait without
-    /// `next_chunk`'s state machine (see `run_detached`).
+    /// `step`'s state machine (see `run_detached`).
     fn poll_idle(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::task::Poll;
         if self.relay.is_some() || self.fetch_due || self.closing || !self.holding {
@@ -700,15 +709,25 @@ impl StreamSession {
 
     /// The next chunk for the client; `None` ends the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.step(true).await {
+            Step::Data(b) => Some(b),
+            Step::End | Step::Idle => None,
+        }
+    }
+
+    /// The next thing to do for the client. With `wait` false it returns `Idle` instead of
+    /// waiting for a message or a timer, so that the caller can wait in `poll_idle` without
+    /// this (larger) future alive.
+    async fn step(&mut self, wait: bool) -> Step {
         loop {
             if self.relay.is_some() && self.relay_filters.is_some() {
                 // Boxed: rare paths must not bloat every held connection's state.
                 let filtered = Box::pin(self.relay_filtered()).await;
                 self.relay_done();
                 match filtered {
-                    Some(b) if !b.is_empty() => return Some(b),
+                    Some(b) if !b.is_empty() => return Step::Data(b),
                     Some(_) => continue,
-                    None => return None,
+                    None => return Step::End,
                 }
             }
             if let Some(relay) = self.relay.as_mut() {
@@ -716,14 +735,14 @@ impl StreamSession {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             if !data.is_empty() {
-                                return Some(data);
+                                return Step::Data(data);
                             }
                         }
                         continue;
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "origin body ended with error");
-                        return None;
+                        return Step::End;
                     }
                     None => self.relay_done(),
                 }
@@ -731,19 +750,29 @@ impl StreamSession {
             if self.fetch_due {
                 self.fetch_due = false;
                 if !Box::pin(self.fetch_next()).await {
-                    return None;
+                    return Step::End;
                 }
                 continue;
             }
             if self.closing {
-                return None;
+                return Step::End;
             }
             if !self.holding {
-                return None;
+                return Step::End;
+            }
+            if !wait
+                && std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(self.poll_idle(cx).is_pending())
+                })
+                .await
+            {
+                return Step::Idle;
             }
             tokio::select! {
                 d = self.rx.recv() => {
-                    let d = d?;
+                    let Some(d) = d else {
+                        return Step::End;
+                    };
                     let mut out = Chunk::default();
                     self.handle(d, &mut out);
                     while !self.closing && !self.fetch_due {
@@ -757,13 +786,13 @@ impl StreamSession {
                             self.reset_keep_alive();
                         }
                         self.reset_link_timer();
-                        return Some(bytes);
+                        return Step::Data(bytes);
                     }
                 }
                 _ = poll_sleep(&mut self.ka_sleep) => {
                     self.reset_keep_alive();
                     if let Some(ka) = &self.keep_alive {
-                        return Some(ka.data.clone());
+                        return Step::Data(ka.data.clone());
                     }
                 }
                 _ = poll_sleep(&mut self.link_sleep) => {
@@ -1096,7 +1125,7 @@ fn run_detached(
     async move {
         let _keep = &keep;
         loop {
-            // Idle streams wait here, in a small future; `next_chunk`'s much larger state machine
+            // Idle streams wait here, in a small future; `step`'s much larger state machine
             // lives on the heap only while there is work, so it is not part of every held
             // connection's task.
             tokio::select! {
@@ -1104,7 +1133,13 @@ fn run_detached(
                 _ = client_gone(&socket) => return,
             }
             let next = tokio::select! {
-                c = Box::pin(session.next_chunk()) => c,
+                c = Box::pin(session.step(false)) => match c {
+                    Step::Data(b) => Some(b),
+                    Step::End => None,
+                    // Nothing left to do at once (say, a refreshed next link had no news):
+                    // wait above again, without this future.
+                    Step::Idle => continue,
+                },
                 _ = client_gone(&socket) => return,
             };
             let written = match next {
