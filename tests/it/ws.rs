@@ -794,6 +794,27 @@ async fn send_delayed_and_flush(ws: &mut WsClient) {
     // Nothing pending: a flush sends nothing.
     control(ws, r#"{"type":"flush-delayed"}"#).await;
     ws_silence(ws, SILENCE).await;
+
+    // A second send-delayed while one waits: the first goes out at once (as Pushpin), the
+    // second after its own timeout.
+    let t0 = tokio::time::Instant::now();
+    control(
+        ws,
+        r#"{"type":"send-delayed","content":"first","timeout":8}"#,
+    )
+    .await;
+    ws_silence(ws, SILENCE).await;
+    control(
+        ws,
+        r#"{"type":"send-delayed","content":"second","timeout":1}"#,
+    )
+    .await;
+    assert_eq!(text(ws).await, "first");
+    assert_eq!(text(ws).await, "second");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the first delayed message waited for its own timeout"
+    );
 }
 
 #[tokio::test]

@@ -445,8 +445,10 @@ impl GripSession {
                 timeout_secs,
                 message_type,
             } => {
+                // As Pushpin: a message still waiting is sent now, then this one waits.
                 let at = Instant::now() + Duration::from_secs(timeout_secs);
-                self.delayed = Some((at, message(message_type, content)));
+                let waiting = self.delayed.replace((at, message(message_type, content)));
+                return waiting.map(|(_, m)| Effect::Send(m));
             }
             WsControl::FlushDelayed => {
                 return self.delayed.take().map(|(_, m)| Effect::Send(m));
