@@ -12,22 +12,32 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_REQUEST_HEAD: usize = 32 * 1024;
 
 pub(crate) async fn run(listen: SocketAddr) -> Result<()> {
+    accept_forever("origin", listen, serve).await
+}
+
+/// Binds `listen` and serves every accepted connection with `serve` in a task of its own.
+pub(crate) async fn accept_forever<F, Fut>(name: &str, listen: SocketAddr, serve: F) -> Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
-    eprintln!("origin listening on {}", listener.local_addr()?);
+    eprintln!("{name} listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                eprintln!("origin accept: {e}");
+                eprintln!("{name} accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
+        let conn = serve(stream);
         tokio::spawn(async move {
-            let _ = serve(stream).await;
+            let _ = conn.await;
         });
     }
 }

@@ -8,31 +8,16 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const HEAD_MAX: usize = 64 * 1024;
 
 pub(crate) async fn run(listen: SocketAddr, origin: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("bind {listen}"))?;
-    eprintln!("relay listening on {} for {origin}", listener.local_addr()?);
-    loop {
-        let (client, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                eprintln!("relay accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            let _ = relay(client, origin).await;
-        });
-    }
+    eprintln!("relay to {origin}");
+    crate::origin::accept_forever("relay", listen, move |client| relay(client, origin)).await
 }
 
 async fn relay(mut client: TcpStream, origin: SocketAddr) -> Result<()> {

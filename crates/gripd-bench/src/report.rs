@@ -301,12 +301,13 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
         "—".into(),
         String::new(),
     ]);
-    let pt = |r: &HashMap<String, Value>| {
-        let via = num(r, "wrk:proxy", "ok_rps")?;
+    // 2xx req/s of a wrk role as a fraction of direct-to-origin.
+    let vs_direct = |r: &HashMap<String, Value>, role: &str| {
+        let via = num(r, &format!("wrk:{role}"), "ok_rps")?;
         let direct = num(r, "wrk:direct", "ok_rps")?;
         (direct > 0.0).then(|| via / direct)
     };
-    let (gv, pv) = (pt(&g), pt(&p));
+    let (gv, pv) = (vs_direct(&g, "proxy"), vs_direct(&p, "proxy"));
     rows.push([
         "pass-through: through the proxy vs direct".into(),
         fmt(gv, "x"),
@@ -315,15 +316,10 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
         "≥ 0.5x".into(),
     ]);
     // What no proxy can beat here: a relay that only frames messages (relay.rs).
-    let ceiling = |r: &HashMap<String, Value>| {
-        let relay = num(r, "wrk:ceiling", "ok_rps")?;
-        let direct = num(r, "wrk:direct", "ok_rps")?;
-        (direct > 0.0).then(|| relay / direct)
-    };
     rows.push([
         "pass-through: bare byte relay vs direct (the ceiling on this machine)".into(),
-        fmt(ceiling(&g), "x"),
-        fmt(ceiling(&p), "x"),
+        fmt(vs_direct(&g, "ceiling"), "x"),
+        fmt(vs_direct(&p, "ceiling"), "x"),
         "—".into(),
         String::new(),
     ]);
