@@ -476,3 +476,22 @@ async fn origin_connections_reused_and_closed_ones_replaced() {
         "origin connections opened"
     );
 }
+
+#[tokio::test]
+async fn origin_pool_can_be_turned_off() {
+    let (addr, accepted) = closing_origin(100).await;
+    let p = Proxy::start(
+        &[format!("* {addr}")],
+        "[proxy]\norigin_pool_max_idle = 0\n",
+    )
+    .await;
+    for i in 0..3 {
+        let r = request(p.client, "GET", "/a", &[], "").await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one origin connection per request"
+    );
+}

@@ -38,6 +38,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Time allowed for an origin to send its response head (504 after that).
 pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 60;
+/// Idle keep-alive connections kept per origin for reuse.
+pub const DEFAULT_ORIGIN_POOL_MAX_IDLE: usize = 1024;
+/// An idle origin connection unused this long is not reused.
+pub const DEFAULT_ORIGIN_IDLE_TIMEOUT_SECS: u64 = 90;
 /// `iss` claim of `Grip-Sig` (Pushpin's `sig_iss`).
 pub const DEFAULT_SIG_ISS: &str = "pushpin";
 /// Pushpin's shipped placeholder signing key; accepted, but warned about loudly.
@@ -87,6 +91,8 @@ pub struct RawProxy {
     pub set_x_forwarded_protocol: Option<String>,
     pub connect_timeout_secs: Option<u64>,
     pub response_timeout_secs: Option<u64>,
+    pub origin_pool_max_idle: Option<usize>,
+    pub origin_idle_timeout_secs: Option<u64>,
     pub response_body_max: Option<usize>,
     pub retry_body_max: Option<usize>,
     pub debug: Option<bool>,
@@ -215,6 +221,9 @@ pub struct Config {
     pub forwarded_proto: ForwardedProto,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Idle connections kept per origin (0: no reuse).
+    pub origin_pool_max_idle: usize,
+    pub origin_idle_timeout: Duration,
     pub response_body_max: usize,
     pub retry_body_max: usize,
     pub debug: bool,
@@ -493,6 +502,16 @@ impl Config {
             "proxy.response_timeout_secs",
             &mut err,
         ));
+        let origin_pool_max_idle = raw
+            .proxy
+            .origin_pool_max_idle
+            .unwrap_or(DEFAULT_ORIGIN_POOL_MAX_IDLE);
+        let origin_idle_timeout = Duration::from_secs(positive(
+            raw.proxy.origin_idle_timeout_secs,
+            DEFAULT_ORIGIN_IDLE_TIMEOUT_SECS,
+            "proxy.origin_idle_timeout_secs",
+            &mut err,
+        ));
         let response_body_max = positive(
             raw.proxy.response_body_max,
             DEFAULT_RESPONSE_BODY_MAX,
@@ -632,6 +651,8 @@ impl Config {
             forwarded_proto,
             connect_timeout,
             response_timeout,
+            origin_pool_max_idle,
+            origin_idle_timeout,
             response_body_max,
             retry_body_max,
             debug: raw.proxy.debug.unwrap_or(false),
@@ -886,6 +907,26 @@ mod tests {
         assert!(matches!(c.sig_key, SigKeySource::Random(_)));
         assert_eq!(c.sig_iss, "pushpin");
         assert_eq!(c.forwarded_proto, ForwardedProto::ProtoOnly);
+    }
+
+    /// conf/gripd.toml lists every key with its default: it must parse, and (but for the
+    /// routes file it names) configure exactly what no file at all does.
+    #[test]
+    fn shipped_config_states_the_defaults() {
+        let shipped = parse(include_str!("../../../conf/gripd.toml")).unwrap();
+        let empty = parse("").unwrap();
+        let mut shipped = format!("{shipped:?}");
+        let mut empty = format!("{empty:?}");
+        for text in [&mut shipped, &mut empty] {
+            // Differences by design: the random per-process key, and the routes file.
+            for field in ["sig_key: ", "routes_file: ", "route_lines: "] {
+                if let Some(at) = text.find(field) {
+                    let end = text[at..].find(", ").map_or(text.len(), |e| at + e);
+                    text.replace_range(at..end, field);
+                }
+            }
+        }
+        assert_eq!(shipped, empty);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::detach::{ClientSocket, DetachHandle};
+use crate::detach::DetachHandle;
 use crate::error::ProxyError;
 use crate::hub::{Delivery, DeliveryRx, DeliveryTx, Hub, Mode, Subscription, WeakDeliveryTx};
 use crate::metrics::GaugeGuard;
@@ -332,7 +332,7 @@ async fn long_poll(
         {
             Ok((resp, _)) => resp,
             Err(e) => {
-                e.log(&route_name(&ctx.route));
+                e.log(&ctx.route.name());
                 return e.response(state.config.debug);
             }
         };
@@ -436,13 +436,6 @@ fn grip_last_value(channel: &str, id: &str) -> Option<(HeaderName, HeaderValue)>
     HeaderValue::from_str(&v)
         .ok()
         .map(|v| (HeaderName::from_static("grip-last"), v))
-}
-
-fn route_name(route: &Route) -> String {
-    route
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("line {}", route.line))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1088,11 +1081,14 @@ impl hyper::body::Body for DetachedBody {
             std::task::Poll::Ready(socket) => {
                 if let (Some(socket), Some(session)) = (socket, this.session.take()) {
                     let tracker = session.ctx.state.shutdown.tracker.clone();
+                    // The connection's permit and gauge go with the socket; the rest of
+                    // `Detach` is freed with hyper's connection.
+                    let keep = this.handle.take_keep();
                     tracker.spawn(run_detached(
                         session,
-                        socket,
+                        socket.into_inner(),
                         this.chunked,
-                        this.handle.clone(),
+                        keep,
                     ));
                 }
                 std::task::Poll::Ready(None)
@@ -1110,19 +1106,17 @@ impl hyper::body::Body for DetachedBody {
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future (once as arguments,
 /// once as the body's locals); an `async move` block keeps one copy of each.
+/// `keep` (the connection's permit and gauge) lives as long as the stream. Client input is
+/// ignored from here on, so the socket comes without its framing guard.
 #[allow(clippy::manual_async_fn)] // deliberate: see above (888 bytes instead of 1,512)
 fn run_detached(
     mut session: StreamSession,
-    socket: ClientSocket,
+    mut socket: tokio::net::TcpStream,
     chunked: bool,
-    connection: DetachHandle,
+    keep: Option<Box<dyn std::any::Any + Send>>,
 ) -> impl std::future::Future<Output = ()> {
-    // The connection's permit and gauge, held for its life; the rest of `Detach` is freed.
-    let keep = connection.take_keep();
-    drop(connection);
-    // Client input is ignored from here on: no framing guard needed.
-    let mut socket = socket.into_inner();
     async move {
+        // Mentioning it moves it into the future, which drops it when the stream ends.
         let _keep = &keep;
         loop {
             // Idle streams wait here, in a small future; `step`'s much larger state machine

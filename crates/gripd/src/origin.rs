@@ -64,11 +64,6 @@ type Connector = HttpsConnector<HttpConnector>;
 /// An origin's response; its body returns the connection to the pool when it ends.
 pub type OriginResponse = Response<PooledBody>;
 
-/// Idle origin connections kept per origin.
-const POOL_MAX_IDLE: usize = 1024;
-/// An idle origin connection unused this long is closed.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`.
 pub struct Signer {
     iss: String,
@@ -163,7 +158,7 @@ impl Origin {
             Err(_) => verified.clone(),
         };
         Origin {
-            pool: Pool::new(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT),
+            pool: Pool::new(config.origin_pool_max_idle, config.origin_idle_timeout),
             verified,
             insecure: insecure_conn,
             response_timeout: config.response_timeout,
@@ -246,6 +241,8 @@ impl Origin {
             (true, false) => Tls::Verified,
             (true, true) => Tls::Insecure,
         };
+        // `host:port`, bracketed for IPv6: for error messages and the connector.
+        let authority = || target.kind.to_string();
         let exchange = async {
             let mut request = request;
             if let Some(mut conn) = self.pool.take(tls, host, *port).await {
@@ -256,24 +253,21 @@ impl Origin {
                         Some(r) => request = r,
                         None => {
                             return Err(ProxyError::OriginFailed(
-                                authority(host, *port),
+                                authority(),
                                 e.into_error().to_string(),
                             ))
                         }
                     },
                 }
             }
-            let mut conn = Box::pin(self.connect(tls, host, *port)).await?;
+            let mut conn = Box::pin(self.connect(tls, host, *port, authority())).await?;
             match conn.send.send_request(request).await {
                 Ok(resp) => Ok(self.pooled(resp, conn)),
-                Err(e) => Err(ProxyError::OriginFailed(
-                    authority(host, *port),
-                    e.to_string(),
-                )),
+                Err(e) => Err(ProxyError::OriginFailed(authority(), e.to_string())),
             }
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
-            Err(_) => Err(ProxyError::OriginTimeout(authority(host, *port))),
+            Err(_) => Err(ProxyError::OriginTimeout(authority())),
             Ok(r) => r,
         }
     }
@@ -283,8 +277,13 @@ impl Origin {
     }
 
     /// Opens a new connection (TCP, then TLS for `ssl` targets) and starts its HTTP/1.1 driver.
-    async fn connect(&self, tls: Tls, host: &str, port: u16) -> Result<Conn, ProxyError> {
-        let authority = authority(host, port);
+    async fn connect(
+        &self,
+        tls: Tls,
+        host: &str,
+        port: u16,
+        authority: String,
+    ) -> Result<Conn, ProxyError> {
         let scheme = if tls == Tls::Plain { "http" } else { "https" };
         let fail = |e: String| ProxyError::OriginConnect(authority.clone(), e);
         let uri: Uri = format!("{scheme}://{authority}/")
@@ -473,15 +472,6 @@ where
     B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
 {
     b.map_err(|e| Box::new(e) as BoxError).boxed()
-}
-
-/// `host:port`, with brackets around an IPv6 host.
-fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 fn unix_now() -> u64 {

@@ -36,7 +36,7 @@ pub enum Tls {
 }
 
 /// Which origin a connection belongs to.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, Debug)]
 pub struct Key {
     pub tls: Tls,
     pub host: String,
@@ -113,7 +113,11 @@ impl Pool {
             key: conn.key,
             since: now,
         };
-        match all.iter_mut().find(|(k, _)| **k == *idle.key) {
+        let key = &idle.key;
+        match all
+            .iter_mut()
+            .find(|(k, _)| k.is(key.tls, &key.host, key.port))
+        {
             Some((_, conns)) => {
                 while conns
                     .front()

@@ -53,21 +53,20 @@ pub async fn handle(
     detach: DetachHandle,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Copied only when logged: this runs for every request.
+    let logged = state.config.access_log.then(|| {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        (req.method().clone(), path.to_string())
+    });
     let resp = match serve(&state, peer, https, detach, req).await {
         Ok(r) => r,
         Err((route, e)) => {
             state.metrics.requests_error.inc();
-            e.log(&route);
+            e.log(&route.map(|r| r.name()).unwrap_or_default());
             e.response(state.config.debug)
         }
     };
-    if state.config.access_log {
+    if let Some((method, path)) = logged {
         tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "request");
     }
     Ok(resp)
@@ -79,7 +78,7 @@ async fn serve(
     https: bool,
     detach: DetachHandle,
     req: Request<Incoming>,
-) -> Result<Response<Body>, (String, ProxyError)> {
+) -> Result<Response<Body>, (Option<Arc<Route>>, ProxyError)> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -107,13 +106,11 @@ async fn serve(
         let path = req.uri().path();
         match routes.find(host_only, path, is_ws, https) {
             Some(r) => r.clone(),
-            None => return Err((String::new(), ProxyError::NoRoute(host_only.to_string()))),
+            None => return Err((None, ProxyError::NoRoute(host_only.to_string()))),
         }
     };
-    let route_name = route
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("line {}", route.line));
+    // Errors name their route; the name is only made when one is logged.
+    let blame = |e| (Some(route.clone()), e);
     if matches!(
         route.targets.first().map(|t| &t.kind),
         Some(TargetKind::Test)
@@ -128,9 +125,9 @@ async fn serve(
             host,
             path_and_query,
         };
-        return Box::pin(ws::serve(state, route, req, hs))
+        return Box::pin(ws::serve(state, route.clone(), req, hs))
             .await
-            .map_err(|e| (route_name, e));
+            .map_err(blame);
     }
     if route.targets.first().is_some_and(|t| t.over_http) && ws::is_events_request(req.headers()) {
         return Ok(text_response(
@@ -159,12 +156,7 @@ async fn serve(
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
-                .map_err(|e| {
-                    (
-                        route_name.clone(),
-                        ProxyError::BadRequest(format!("reading request body: {e}")),
-                    )
-                })?;
+                .map_err(|e| blame(ProxyError::BadRequest(format!("reading request body: {e}"))))?;
             (Some(bytes), None)
         }
         (None, false) => (Some(Bytes::new()), None),
@@ -183,7 +175,7 @@ async fn serve(
         .origin
         .send_with_failover(&route, &request, streamed, &[])
         .await
-        .map_err(|e| (route_name.clone(), e))?;
+        .map_err(blame)?;
 
     if !route.props.no_grip && grip::is_grip_response(resp.headers()) {
         state.metrics.requests_grip.inc();
@@ -195,9 +187,7 @@ async fn serve(
             detach,
         };
         // Boxed, like the WebSocket branch: the pass-through future stays small.
-        return Box::pin(hold::respond(ctx, resp))
-            .await
-            .map_err(|e| (route_name, e));
+        return Box::pin(hold::respond(ctx, resp)).await.map_err(blame);
     }
     state.metrics.requests_passthrough.inc();
     let (mut parts, body) = resp.into_parts();

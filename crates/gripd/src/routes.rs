@@ -351,6 +351,13 @@ impl Routes {
 // === impl Route ===
 
 impl Route {
+    /// How logs name the route: its `id`, or its line in the routes file.
+    pub fn name(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("line {}", self.line))
+    }
+
     /// Applies `path_rem` / `replace_beg` to a path-and-query, keeping the query.
     ///
     /// `replace_beg` strips the `path_beg` prefix and puts its value in front; otherwise

@@ -130,7 +130,7 @@ pub(super) async fn open(
         None if keep_alive_interval.is_some() => {}
         _ => {
             return Err(ProxyError::OriginFailed(
-                link.authority(),
+                link.target.kind.to_string(),
                 "websocket-over-http: first event is not OPEN".into(),
             ))
         }
@@ -276,7 +276,7 @@ impl Session {
                             }
                         }
                         Err(e) => {
-                            e.log(&route_name(&self.link.route));
+                            e.log(&self.link.route.name());
                             self.origin_open = false;
                             self.pending.clear();
                             if self.client_open {
@@ -380,7 +380,7 @@ impl Session {
             let resp = link.send(batch, &meta).await?;
             if resp.status() != StatusCode::OK || !is_events(resp.headers()) {
                 return Err(ProxyError::OriginFailed(
-                    link.authority(),
+                    link.target.kind.to_string(),
                     format!("websocket-over-http: status {}", resp.status()),
                 ));
             }
@@ -552,13 +552,6 @@ impl Link {
             )
             .await
     }
-
-    fn authority(&self) -> String {
-        match &self.target.kind {
-            crate::routes::TargetKind::Host { host, port } => format!("{host}:{port}"),
-            crate::routes::TargetKind::Test => "test".into(),
-        }
-    }
 }
 
 async fn read_reply(headers: HeaderMap, body: PooledBody) -> Result<Reply, ProxyError> {
@@ -604,13 +597,6 @@ fn content_len(e: &WsEvent) -> usize {
         WsEvent::Close(Some((_, r))) => r.len() + 2,
         _ => 0,
     }
-}
-
-fn route_name(route: &Route) -> String {
-    route
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("line {}", route.line))
 }
 
 /// A random (version 4) UUID, the `Connection-Id` of one connection.
