@@ -30,17 +30,14 @@ def _socket_of(resp):
         return None
 
 
-class SSEStream:
-    """An SSE connection read by sseclient-py on a background thread.
-
-    Events land in a queue; `next_event(timeout)` and `collect(n, timeout)` wait with explicit bounds.
-    When the server ends the response, a CLOSED marker is queued (`wait_closed`).
-    """
+class _HeldResponse:
+    """A streamed GET read on a background thread by the subclass's `_run`; `close` ends it
+    from the client side (shutting the socket down so the reader wakes)."""
 
     def __init__(self, url, headers=None, cookies=None, params=None):
         self.url = url
-        self.events = queue.Queue()
         self.error = None
+        self._closing = False
         self.session = requests.Session()
         if cookies:
             self.session.cookies.update(cookies)
@@ -52,9 +49,43 @@ class SSEStream:
             timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
         )
         self._sock = _socket_of(self.resp)
-        self.closed_by_server = threading.Event()
-        self._closing = False
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        raise NotImplementedError
+
+    def close(self):
+        self._closing = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self.resp.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self.session.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SSEStream(_HeldResponse):
+    """An SSE connection read by sseclient-py on a background thread.
+
+    Events land in a queue; `next_event(timeout)` and `collect(n, timeout)` wait with explicit bounds.
+    When the server ends the response, a CLOSED marker is queued (`wait_closed`).
+    """
+
+    def __init__(self, url, headers=None, cookies=None, params=None):
+        self.events = queue.Queue()
+        self.closed_by_server = threading.Event()
+        super().__init__(url, headers=headers, cookies=cookies, params=params)
         self._thread.start()
 
     @property
@@ -157,43 +188,15 @@ class SSEStream:
         if not self.closed_by_server.wait(timeout):
             raise AssertionError("stream %s still open after %.1f s" % (self.url, timeout))
 
-    def close(self):
-        self._closing = True
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        try:
-            self.resp.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self.session.close()
-        self._thread.join(timeout=5)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class RawStream:
+class RawStream(_HeldResponse):
     """A held HTTP response read as raw bytes on a background thread (for django-grip stream holds)."""
 
     def __init__(self, url, headers=None):
-        self.url = url
         self.chunks = queue.Queue()
         self.buf = b""
         self.ended = threading.Event()
-        self.error = None
-        self._closing = False
-        self.session = requests.Session()
-        self.resp = self.session.get(
-            url, headers=headers or {}, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
-        )
-        self._sock = _socket_of(self.resp)
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(url, headers=headers)
         self._thread.start()
 
     def _run(self):
@@ -256,26 +259,6 @@ class RawStream:
                 self.chunks.put((time.monotonic(), None))
                 return self.buf
             self.buf += chunk
-
-    def close(self):
-        self._closing = True
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        try:
-            self.resp.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self.session.close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def parse_es_id(event_id):

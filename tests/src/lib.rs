@@ -207,6 +207,16 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// A hyper HTTP/1.1 client connection to `addr`, its driver spawned.
+async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// Sends one request with hyper's client and reads the whole response (bounded by `WAIT`).
 pub async fn request(
     addr: SocketAddr,
@@ -216,11 +226,7 @@ pub async fn request(
     body: impl Into<Bytes>,
 ) -> Reply {
     tokio::time::timeout(WAIT, async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut sender = client(addr).await;
         let mut req = Request::builder().method(method).uri(path);
         let mut has_host = false;
         for (k, v) in headers {
@@ -268,11 +274,7 @@ impl Stream {
     /// Opens `GET path` and waits for the response head.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
         tokio::time::timeout(WAIT, async {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let mut sender = client(addr).await;
             let mut req = Request::builder()
                 .uri(path)
                 .header("host", addr.to_string());
