@@ -724,3 +724,31 @@ async fn stream_works_after_next_link_refreshes_with_no_news() {
     p.publish_stream("quiet", "after\n").await;
     s.read_until("after\n").await;
 }
+
+/// Long-polls on a prefixed route: the hold finds its channel's filters and knows what it is
+/// subscribed to under the prefixed names (`require-sub` needs both).
+#[tokio::test]
+async fn route_prefix_applies_to_response_hold_filters() {
+    let o = grip_origin().await;
+    let p = Proxy::start(&[format!("*,prefix=app1- {}", o.addr)], NO_FIRST_SUB).await;
+    let client = p.client;
+    let req = tokio::spawn(async move {
+        request(
+            client,
+            "GET",
+            "/?h=Grip-Hold:response&h=Grip-Channel:a%3B%20filter%3Drequire-sub&h=Grip-Channel:b",
+            &[],
+            "",
+        )
+        .await
+    });
+    p.wait_subscribed("app1-a").await;
+    p.wait_subscribed("app1-b").await;
+    p.publish(json!({"items": [
+        {"channel": "app1-a", "meta": {"require_sub": "app1-zzz"}, "http-response": {"body": "wrong"}},
+        {"channel": "app1-a", "meta": {"require_sub": "app1-b"}, "http-response": {"body": "right"}}
+    ]}))
+    .await;
+    let r = req.await.unwrap();
+    assert_eq!(r.body, "right");
+}

@@ -258,6 +258,11 @@ async fn long_poll(
     let mut subs: Vec<Subscription> = Vec::new();
     loop {
         let channels = limit_channels(&state, instruct.channels.clone());
+        // Hub names (route prefix applied), made once per hold, not per message.
+        let names: Vec<String> = channels
+            .iter()
+            .map(|c| prefixed(&ctx.route, &c.name))
+            .collect();
         let tx = match strong.take().or_else(|| weak.upgrade()) {
             Some(tx) => tx,
             None => {
@@ -268,12 +273,8 @@ async fn long_poll(
         };
         // Subscribe before unsubscribing, so a retried hold never looks like a new channel.
         let old = std::mem::take(&mut subs);
-        for c in &channels {
-            subs.push(state.hub.subscribe(
-                &prefixed(&ctx.route, &c.name),
-                Mode::Response,
-                tx.clone(),
-            ));
+        for name in &names {
+            subs.push(state.hub.subscribe(name, Mode::Response, tx.clone()));
         }
         drop(old);
         weak = tx.downgrade();
@@ -281,11 +282,8 @@ async fn long_poll(
         let meta: BTreeMap<String, String> = instruct.meta.iter().cloned().collect();
         let deadline = Instant::now() + Duration::from_secs(instruct.timeout_secs);
         // A known last id that differs from the hold's prev-id: the origin is behind, retry now.
-        let mut retry = channels.iter().any(|c| {
-            match (
-                &c.prev_id,
-                state.hub.last_id(&prefixed(&ctx.route, &c.name)),
-            ) {
+        let mut retry = channels.iter().zip(&names).any(|(c, name)| {
+            match (&c.prev_id, state.hub.last_id(name)) {
                 (Some(p), Some(l)) => *p != l,
                 _ => false,
             }
@@ -297,7 +295,7 @@ async fn long_poll(
                     Some(Delivery::Update) => retry = true,
                     Some(Delivery::Item(item)) => {
                         let Some(fmt) = item.http_response.as_ref() else { continue };
-                        let spec = channels.iter().find(|c| prefixed(&ctx.route, &c.name) == item.channel);
+                        let spec = names.iter().position(|n| *n == item.channel).and_then(|i| channels.get(i));
                         if let (Some(spec), Some(prev)) = (spec, &item.prev_id) {
                             if spec.prev_id.as_ref().is_some_and(|p| p != prev) {
                                 retry = true;
@@ -311,7 +309,7 @@ async fn long_poll(
                         }
                         let filters = spec.map(|s| s.filters.as_slice()).unwrap_or(&[]);
                         let prev_ids = BTreeMap::new();
-                        let subscribed = |c: &str| channels.iter().any(|s| prefixed(&ctx.route, &s.name) == c);
+                        let subscribed = |c: &str| names.iter().any(|n| n == c);
                         let fctx = grip::FilterContext { sub_meta: &meta, pub_meta: &item.meta, prev_ids: &prev_ids, subscribed: &subscribed };
                         if !grip::should_deliver(filters, &fctx) {
                             continue;
