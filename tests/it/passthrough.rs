@@ -410,9 +410,13 @@ async fn ambiguous_framing_rejected_before_origin() {
     );
 }
 
-/// A raw keep-alive origin that closes each connection, without saying so, after
-/// `per_conn` responses (as an origin's keep-alive timeout does). Counts connections.
-async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A raw keep-alive origin: answers each request head with `reply(head, n)` (bytes, and
+/// whether to close the connection after them; `n` counts requests on the connection), for at
+/// most `per_conn` requests per connection. Counts connections.
+async fn scripted_origin(
+    per_conn: usize,
+    reply: fn(&str, usize) -> (Vec<u8>, bool),
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -422,7 +426,7 @@ async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                for _ in 0..per_conn {
+                for n in 0..per_conn {
                     let head = loop {
                         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             break buf.drain(..end + 4).collect::<Vec<u8>>();
@@ -433,15 +437,8 @@ async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
                             _ => return,
                         }
                     };
-                    let head = String::from_utf8_lossy(&head);
-                    let reply: &[u8] = if head.starts_with("GET /empty") {
-                        b"HTTP/1.1 204 No Content\r\n\r\n"
-                    } else if head.starts_with("HEAD") {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    };
-                    if s.write_all(reply).await.is_err() {
+                    let (bytes, close) = reply(&String::from_utf8_lossy(&head), n);
+                    if s.write_all(&bytes).await.is_err() || close {
                         return;
                     }
                 }
@@ -449,6 +446,100 @@ async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// An origin that closes each connection, without saying so, after `per_conn` responses (as
+/// an origin's keep-alive timeout does).
+async fn closing_origin(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    scripted_origin(per_conn, |head, _| {
+        let reply: &[u8] = if head.starts_with("GET /empty") {
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        } else if head.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        (reply.to_vec(), false)
+    })
+    .await
+}
+
+/// Every way an origin may delimit a response reaches the client whole, connections are
+/// reused only after responses that allow it, and a response gripd cannot frame is a 502.
+#[tokio::test]
+async fn origin_response_framings() {
+    let (addr, accepted) = scripted_origin(100, |head, _| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        let (reply, close): (&[u8], bool) = match path {
+            "/chunked" => (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+                false,
+            ),
+            "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfixed", false),
+            "/hints" => (
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+                false,
+            ),
+            "/reason" => (
+                b"HTTP/1.1 299 Quite Fine\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nto the end", true),
+            "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", false),
+            "/conflict" => (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+                true,
+            ),
+            _ => (b"NOT HTTP AT ALL\r\n\r\n", true),
+        };
+        (reply.to_vec(), close)
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {addr}")], "").await;
+    let opened = || accepted.load(Ordering::SeqCst);
+    let plan: [(&str, u16, &str, bool); 8] = [
+        ("/chunked", 200, "hello world", true),
+        ("/length", 200, "fixed", true),
+        ("/hints", 200, "final", true),
+        ("/reason", 299, "", true),
+        ("/until-close", 200, "to the end", false),
+        ("/http10", 200, "old!", false),
+        ("/conflict", 502, "", false),
+        ("/garbage", 502, "", false),
+    ];
+    for (path, status, body, reused) in plan {
+        // Twice: whether the second request opens a connection shows whether the first
+        // one's connection was kept.
+        let mut after_first = 0;
+        for round in 0..2 {
+            let r = request(p.client, "GET", path, &[], "").await;
+            assert_eq!(r.status, status, "{path} round {round}");
+            if status == 200 {
+                assert_eq!(r.body, body, "{path} round {round}");
+            }
+            if path == "/reason" {
+                assert_eq!(r.reason, "Quite Fine");
+            }
+            // Time for gripd to see an origin's close.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            if round == 0 {
+                after_first = opened();
+            }
+        }
+        let opened_for_second = opened() - after_first;
+        assert_eq!(
+            opened_for_second,
+            usize::from(!reused),
+            "{path}: connections opened for the second request"
+        );
+    }
+    // gripd still serves after the bad ones.
+    assert_eq!(
+        request(p.client, "GET", "/length", &[], "").await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -475,6 +566,33 @@ async fn origin_connections_reused_and_closed_ones_replaced() {
         3,
         "origin connections opened"
     );
+}
+
+/// An origin that closes a kept connection when the next request arrives, without answering:
+/// a GET is sent again on a new connection; a POST is not (it may have been acted on).
+#[tokio::test]
+async fn request_on_a_connection_closed_unanswered() {
+    let (addr, accepted) = scripted_origin(2, |_, n| match n {
+        0 => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
+        _ => (Vec::new(), true),
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {addr}")], "").await;
+    for i in 0..2 {
+        let r = request(p.client, "GET", "/a", &[], "").await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "GET {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the second GET was sent again"
+    );
+    let r = request(p.client, "POST", "/a", &[], "data").await;
+    assert_eq!(r.status, 502, "a POST is not sent twice");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pool::PooledBody;
+use crate::h1::OriginBody;
 use bytes::{Bytes, BytesMut};
 use grip::{Action, ChannelSpec, HoldMode, Instruct, KeepAliveMode, ResponseBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -188,7 +188,7 @@ fn set_reason<B>(resp: &mut Response<B>, reason: Option<&str>) {
     }
 }
 
-async fn read_limited(body: PooledBody, max: usize) -> Result<Bytes, ProxyError> {
+async fn read_limited(body: OriginBody, max: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {

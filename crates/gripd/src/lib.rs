@@ -13,6 +13,7 @@ pub mod config;
 pub mod detach;
 pub mod error;
 pub mod framing;
+pub mod h1;
 pub mod hold;
 pub mod hub;
 pub mod metrics;

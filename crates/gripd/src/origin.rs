@@ -13,17 +13,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::{Config, ForwardedForStep, ForwardedProto};
 use crate::error::ProxyError;
-use crate::pool::{Conn, Key, Pool, PooledBody, Tls};
+use crate::h1::{self, ExchangeError, OriginBody, OriginConn, OutBody};
+use crate::pool::{Key, Pool, Tls};
 use crate::routes::{Route, Target, TargetKind};
 
 /// Error type of every body gripd moves.
@@ -62,7 +64,13 @@ pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
 type Connector = HttpsConnector<HttpConnector>;
 
 /// An origin's response; its body returns the connection to the pool when it ends.
-pub type OriginResponse = Response<PooledBody>;
+pub type OriginResponse = Response<OriginBody>;
+
+const GRIP_SIG: HeaderName = HeaderName::from_static("grip-sig");
+const GRIP_FEATURE: HeaderName = HeaderName::from_static("grip-feature");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PROTOCOL: HeaderName = HeaderName::from_static("x-forwarded-protocol");
 
 /// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`.
 pub struct Signer {
@@ -177,17 +185,13 @@ impl Origin {
         target: &Target,
         req: &ClientRequest,
         path_and_query: &str,
-        body: Body,
+        body: OutBody,
         extra: &[(HeaderName, HeaderValue)],
         client_headers: bool,
     ) -> Result<OriginResponse, ProxyError> {
         let TargetKind::Host { host, port } = &target.kind else {
             return Err(ProxyError::Internal("test target has no origin".into()));
         };
-        // Origin-form: the connection is already to the origin.
-        let uri: Uri = path_and_query
-            .parse()
-            .map_err(|e| ProxyError::BadRequest(format!("bad request URI: {e}")))?;
         let mut headers = if client_headers {
             req.headers.clone()
         } else {
@@ -195,10 +199,10 @@ impl Origin {
         };
         let host_header = target
             .host_header
-            .clone()
-            .or_else(|| route.props.as_host.clone())
-            .unwrap_or_else(|| req.host.clone());
-        if let Ok(v) = HeaderValue::from_str(&host_header) {
+            .as_deref()
+            .or(route.props.as_host.as_deref())
+            .unwrap_or(&req.host);
+        if let Ok(v) = HeaderValue::from_str(host_header) {
             headers.insert(header::HOST, v);
         }
         self.forwarded(&mut headers, req);
@@ -222,20 +226,19 @@ impl Origin {
                 _ => self.signer.token(),
             };
             if let Some(sig) = sig {
-                headers.insert("grip-sig", sig);
+                headers.insert(GRIP_SIG, sig);
             }
-            headers.insert("grip-feature", HeaderValue::from_static(grip::GRIP_FEATURE));
+            headers.insert(GRIP_FEATURE, HeaderValue::from_static(grip::GRIP_FEATURE));
         }
         for (name, value) in extra {
             headers.append(name.clone(), value.clone());
         }
-        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            *h = headers;
-        }
-        let request = builder
-            .body(body)
-            .map_err(|e| ProxyError::Internal(format!("building origin request: {e}")))?;
+        let body_len = match &body {
+            OutBody::Bytes(b) => Some(b.len() as u64),
+            OutBody::Stream(s) => http_body::Body::size_hint(s).exact(),
+        };
+        let mut head = Vec::with_capacity(512);
+        h1::encode_head(&mut head, &req.method, path_and_query, &headers, body_len);
         let tls = match (target.ssl, target.insecure) {
             (false, _) => Tls::Plain,
             (true, false) => Tls::Verified,
@@ -243,27 +246,38 @@ impl Origin {
         };
         // `host:port`, bracketed for IPv6: for error messages and the connector.
         let authority = || target.kind.to_string();
+        let replayable = matches!(body, OutBody::Bytes(_)) && is_idempotent(&req.method);
         let exchange = async {
-            let mut request = request;
-            if let Some(mut conn) = self.pool.take(tls, host, *port).await {
-                match conn.send.try_send_request(request).await {
-                    Ok(resp) => return Ok(self.pooled(resp, conn)),
-                    // Never written: the connection closed while idle. Use a new one.
-                    Err(mut e) => match e.take_message() {
-                        Some(r) => request = r,
-                        None => {
-                            return Err(ProxyError::OriginFailed(
-                                authority(),
-                                e.into_error().to_string(),
-                            ))
-                        }
-                    },
+            let mut body = Some(body);
+            let mut pooled = self.pool.take(tls, host, *port);
+            loop {
+                let mut conn = match pooled.take() {
+                    Some(c) => c,
+                    None => Box::pin(self.connect(tls, host, *port, authority())).await?,
+                };
+                let Some(out) = body.take() else {
+                    return Err(ProxyError::Internal("request body already sent".into()));
+                };
+                let resend = match &out {
+                    OutBody::Bytes(b) if replayable && conn.reused => Some(b.clone()),
+                    _ => None,
+                };
+                match conn.exchange(&mut head, out, &req.method).await {
+                    Ok(parsed) => return Ok(self.response(parsed, conn)),
+                    // The origin closed this idle connection as we sent: once more on a new one.
+                    Err(ExchangeError::Stale) if resend.is_some() => {
+                        body = resend.map(OutBody::Bytes);
+                    }
+                    Err(ExchangeError::Stale) => {
+                        return Err(ProxyError::OriginFailed(
+                            authority(),
+                            "origin closed the connection before responding".into(),
+                        ))
+                    }
+                    Err(ExchangeError::Failed(e)) => {
+                        return Err(ProxyError::OriginFailed(authority(), e))
+                    }
                 }
-            }
-            let mut conn = Box::pin(self.connect(tls, host, *port, authority())).await?;
-            match conn.send.send_request(request).await {
-                Ok(resp) => Ok(self.pooled(resp, conn)),
-                Err(e) => Err(ProxyError::OriginFailed(authority(), e.to_string())),
             }
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
@@ -272,18 +286,27 @@ impl Origin {
         }
     }
 
-    fn pooled(&self, resp: Response<hyper::body::Incoming>, conn: Conn) -> OriginResponse {
-        resp.map(|body| PooledBody::new(body, self.pool.clone(), conn))
+    fn response(&self, head: h1::ParsedHead, conn: OriginConn) -> OriginResponse {
+        let mut resp = Response::new(OriginBody::new(conn, self.pool.clone(), &head.info));
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        if let Some(reason) = head.reason {
+            if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason) {
+                resp.extensions_mut().insert(r);
+            }
+        }
+        resp
     }
 
-    /// Opens a new connection (TCP, then TLS for `ssl` targets) and starts its HTTP/1.1 driver.
+    /// Opens a new connection: TCP, then TLS for `ssl` targets.
     async fn connect(
         &self,
         tls: Tls,
         host: &str,
         port: u16,
         authority: String,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<OriginConn, ProxyError> {
         let scheme = if tls == Tls::Plain { "http" } else { "https" };
         let fail = |e: String| ProxyError::OriginConnect(authority.clone(), e);
         let uri: Uri = format!("{scheme}://{authority}/")
@@ -295,31 +318,18 @@ impl Origin {
         };
         // In a task of its own: the connector's future is not `Sync`, and held-stream bodies
         // that fetch next links must be.
-        let opened = tokio::spawn(async move {
-            let io = connector.call(uri).await.map_err(|e| e.to_string())?;
-            let (send, driver) = hyper::client::conn::http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                if let Err(e) = driver.with_upgrades().await {
-                    tracing::debug!(error = %e, "origin connection ended with error");
-                }
-            });
-            Ok::<_, String>(send)
-        });
-        let send = match opened.await {
+        let opened =
+            tokio::spawn(async move { connector.call(uri).await.map_err(|e| e.to_string()) });
+        let io = match opened.await {
             Ok(r) => r.map_err(fail)?,
             Err(e) => return Err(fail(e.to_string())),
         };
-        Ok(Conn {
-            send,
-            key: Arc::new(Key {
-                tls,
-                host: host.to_string(),
-                port,
-            }),
-        })
+        let key = Arc::new(Key {
+            tls,
+            host: host.to_string(),
+            port,
+        });
+        Ok(OriginConn::new(TokioIo::new(io), key))
     }
 
     /// Sends `req` to the route's targets in order, moving on when a target refuses the
@@ -335,8 +345,8 @@ impl Origin {
         let mut last = None;
         for (i, target) in route.targets.iter().enumerate() {
             let body = match (&req.body, streamed.take()) {
-                (_, Some(b)) => b,
-                (Some(bytes), None) => full(bytes.clone()),
+                (_, Some(b)) => OutBody::Stream(b),
+                (Some(bytes), None) => OutBody::Bytes(bytes.clone()),
                 (None, None) => break,
             };
             match self
@@ -374,7 +384,7 @@ impl Origin {
             target,
             &get,
             path_and_query,
-            empty(),
+            OutBody::Bytes(Bytes::new()),
             grip_last,
             false,
         )
@@ -384,7 +394,7 @@ impl Origin {
     fn forwarded(&self, headers: &mut HeaderMap, req: &ClientRequest) {
         if !self.forwarded_for.is_empty() {
             let mut entries: Vec<String> = headers
-                .get_all("x-forwarded-for")
+                .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
@@ -400,20 +410,20 @@ impl Origin {
                     ForwardedForStep::Append => entries.push(req.peer.ip().to_string()),
                 }
             }
-            headers.remove("x-forwarded-for");
+            headers.remove(X_FORWARDED_FOR);
             if !entries.is_empty() {
                 if let Ok(v) = HeaderValue::from_str(&entries.join(", ")) {
-                    headers.insert("x-forwarded-for", v);
+                    headers.insert(X_FORWARDED_FOR, v);
                 }
             }
         }
         if self.forwarded_proto != ForwardedProto::Untouched {
-            headers.remove("x-forwarded-proto");
-            headers.remove("x-forwarded-protocol");
+            headers.remove(X_FORWARDED_PROTO);
+            headers.remove(X_FORWARDED_PROTOCOL);
             if req.https {
-                headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
                 if self.forwarded_proto == ForwardedProto::Both {
-                    headers.insert("x-forwarded-protocol", HeaderValue::from_static("https"));
+                    headers.insert(X_FORWARDED_PROTOCOL, HeaderValue::from_static("https"));
                 }
             }
         }
@@ -469,9 +479,18 @@ pub fn empty() -> Body {
 /// An origin (or client) body, boxed with our error type.
 pub fn boxed<B>(b: B) -> Body
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
 {
-    b.map_err(|e| Box::new(e) as BoxError).boxed()
+    b.map_err(Into::into).boxed()
+}
+
+/// Requests that may be sent again when a reused connection turns out closed (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn unix_now() -> u64 {

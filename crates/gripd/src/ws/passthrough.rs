@@ -12,7 +12,6 @@ use grip::WsMessageType;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -27,7 +26,7 @@ use crate::origin::{self, Body, ClientRequest};
 use crate::proxy::State;
 use crate::routes::Route;
 
-type OriginWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type OriginWs = WebSocketStream<Box<crate::h1::OriginIo>>;
 type ClientOutbox = Outbox<SplitSink<super::ClientWs, Message>>;
 type OriginOutbox = Outbox<SplitSink<OriginWs, Message>>;
 
@@ -50,7 +49,7 @@ pub(super) async fn open(
             HeaderValue::from_static("grip"),
         ));
     }
-    let (mut resp, target) = state
+    let (resp, target) = state
         .origin
         .send_with_failover(&route, &request, None, &extra)
         .await?;
@@ -60,7 +59,6 @@ pub(super) async fn open(
         origin::clean_response_headers(&mut parts.headers);
         return Ok(Response::from_parts(parts, origin::boxed(body)));
     }
-    let origin_upgrade = hyper::upgrade::on(&mut resp);
     let subs: Vec<String> = route
         .targets
         .get(target)
@@ -74,26 +72,23 @@ pub(super) async fn open(
         })
     };
     let reply = switching_protocols(resp.headers().clone(), &accept);
-    drop(resp);
+    let origin_upgrade = resp.into_body().into_upgraded();
 
     let st = state.clone();
     let span = tracing::debug_span!("ws", mode = "passthrough", grip = prefix.is_some());
     state.shutdown.tracker.spawn(
         async move {
-            let origin_ws = match origin_upgrade.await {
-                Ok(io) => {
-                    WebSocketStream::from_raw_socket(
-                        TokioIo::new(io),
-                        Role::Client,
-                        Some(ws_config()),
-                    )
-                    .await
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "origin upgrade failed");
-                    return;
-                }
+            let Some((io, read)) = origin_upgrade else {
+                tracing::debug!("origin upgrade failed");
+                return;
             };
+            let origin_ws = WebSocketStream::from_partially_read(
+                io,
+                read.to_vec(),
+                Role::Client,
+                Some(ws_config()),
+            )
+            .await;
             let Some(client) = client_socket(on_upgrade).await else {
                 return;
             };

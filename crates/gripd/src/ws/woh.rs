@@ -18,8 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::h1::OriginBody;
 use crate::origin::OriginResponse;
-use crate::pool::PooledBody;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
@@ -39,7 +39,7 @@ use super::{
 };
 use crate::error::ProxyError;
 use crate::hub::Delivery;
-use crate::origin::{self, full, Body, ClientRequest};
+use crate::origin::{self, Body, ClientRequest};
 use crate::proxy::State;
 use crate::routes::{Route, Target};
 
@@ -546,7 +546,7 @@ impl Link {
                 &self.target,
                 &self.request,
                 &path,
-                full(body),
+                crate::h1::OutBody::Bytes(body),
                 &extra,
                 true,
             )
@@ -554,7 +554,7 @@ impl Link {
     }
 }
 
-async fn read_reply(headers: HeaderMap, body: PooledBody) -> Result<Reply, ProxyError> {
+async fn read_reply(headers: HeaderMap, body: OriginBody) -> Result<Reply, ProxyError> {
     let bytes = Limited::new(body, RESPONSE_BODY_MAX)
         .collect()
         .await

@@ -1,0 +1,886 @@
+//! The origin side's HTTP/1.1 engine: one request and response at a time on an
+//! [`OriginConn`], driven by the task that needs the response. No task of its own.
+//!
+//! Why not hyper's client connection: it runs in a task of its own and talks to the request
+//! through two channels, so every request woke a second task (often on the other core) and
+//! paid for its channel traffic. Here the request task writes the request and reads the head
+//! itself, and the response body reads straight from the socket while the client side
+//! (hyper's server) polls it. The pool (`pool.rs`) gets the connection back from the body.
+//!
+//! Invariants:
+//! - A request's framing is ours: the client's `Content-Length`/`Transfer-Encoding` never pass;
+//!   the body's own length decides (`Content-Length`, or chunked when unknown).
+//! - A response is framed as RFC 9112 §6.3 says (no body for HEAD, 1xx, 204, 304; chunked; a
+//!   single agreed `Content-Length`; otherwise up to the close). Conflicting lengths are an
+//!   error, never a guess.
+//! - A connection is reused only after a whole response was read with nothing left over, from
+//!   an origin that kept the connection alive.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::origin::{Body, BoxError};
+use crate::pool::{Key, Pool};
+
+/// Largest response head accepted from an origin.
+pub const HEAD_MAX: usize = 64 * 1024;
+/// Most header lines in a response head.
+const HEADERS_MAX: usize = 128;
+/// Longest chunk-size or trailer line.
+const LINE_MAX: usize = 4096;
+/// Read size; also the largest body frame handed on.
+const READ_SIZE: usize = 16 * 1024;
+/// Kept bodies up to this size go out in the same write as the head.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// The byte stream to an origin: TCP, or TLS over TCP for `ssl` targets.
+pub type OriginIo = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// One HTTP/1.1 connection to an origin.
+pub struct OriginConn {
+    /// Boxed: a TLS stream is over a kilobyte, and connections move between pool and body.
+    io: Box<OriginIo>,
+    /// Bytes read from the origin and not yet consumed.
+    buf: BytesMut,
+    pub key: Arc<Key>,
+    /// Has carried a response before (so it may have been closed while idle).
+    pub reused: bool,
+}
+
+/// A request body as the engine sends it.
+pub enum OutBody {
+    /// Known bytes: can be sent again on another connection.
+    Bytes(Bytes),
+    /// Streamed from the client: sent once, chunked unless its length is known.
+    Stream(Body),
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// A reused connection ended before any byte of a response: the origin closed it while
+    /// idle. Safe to send again on a new connection when the request can be replayed.
+    Stale,
+    /// Anything else; the message says what, for logs and the 502 body.
+    Failed(String),
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Exactly this many bytes (0: no body).
+    Length(u64),
+    Chunked,
+    /// Up to the end of the connection.
+    Close,
+    /// `101 Switching Protocols`: the connection now belongs to another protocol.
+    Upgrade,
+}
+
+/// What the response head says, besides the `http` parts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HeadInfo {
+    pub framing: Framing,
+    /// The origin keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+// === request encoding ===
+
+/// Writes a request head in origin-form, with our own framing header for `body_len`
+/// (`None`: chunked). `headers` must not hold hop-by-hop headers (they were cleaned).
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body_len: Option<u64>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body_len {
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(0) if !method_implies_body(method) => {}
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Methods whose requests normally carry a body: an empty one is said so (`Content-Length: 0`).
+fn method_implies_body(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE
+    )
+}
+
+// === response head ===
+
+/// A parsed response head: status, version, reason, headers and how its body is framed.
+pub struct ParsedHead {
+    pub status: StatusCode,
+    pub version: Version,
+    /// The reason phrase, when it is not the status code's usual one.
+    pub reason: Option<Bytes>,
+    pub headers: HeaderMap,
+    pub info: HeadInfo,
+    /// Length of the head in bytes.
+    pub len: usize,
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed.
+/// Informational (1xx other than 101) heads come back like any other; the caller skips them.
+pub fn parse_head(buf: &[u8], request_method: &Method) -> Result<Option<ParsedHead>, String> {
+    // Uninitialised slots: zeroing 128 of them cost more than the parse itself.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_MAX];
+    let mut r = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut slots);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > HEAD_MAX {
+                return Err(format!("response head over {HEAD_MAX} bytes"));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("malformed response head: {e}")),
+    };
+    if len > HEAD_MAX {
+        return Err(format!("response head over {HEAD_MAX} bytes"));
+    }
+    let status = r
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or("bad status code")?;
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let reason = r
+        .reason
+        .filter(|p| Some(*p) != status.canonical_reason())
+        .map(|p| Bytes::copy_from_slice(p.as_bytes()));
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut framing = FramingHeaders::default();
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("bad response header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| format!("bad value in response header {name}"))?;
+        framing.note(&name, &value)?;
+        headers.append(name, value);
+    }
+    let info = head_info(status, version, &framing, request_method);
+    Ok(Some(ParsedHead {
+        status,
+        version,
+        reason,
+        headers,
+        info,
+        len,
+    }))
+}
+
+/// What a response's `Connection`, `Transfer-Encoding` and `Content-Length` headers say,
+/// gathered in the one pass that builds the header map.
+#[derive(Default)]
+struct FramingHeaders {
+    close: bool,
+    keep_alive: bool,
+    /// Some `Transfer-Encoding` was present; `chunked_last`: its final coding is chunked.
+    transfer_encoding: bool,
+    chunked_last: bool,
+    /// The one length all `Content-Length` values agree on.
+    length: Option<u64>,
+}
+
+impl FramingHeaders {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), String> {
+        let tokens = || {
+            value
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        };
+        if name == header::CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case("close");
+                self.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            if let Some(last) = tokens().next_back() {
+                self.chunked_last = last.eq_ignore_ascii_case("chunked");
+            }
+        } else if name == header::CONTENT_LENGTH {
+            for part in value.to_str().map_err(|_| "bad Content-Length")?.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("bad Content-Length {part:?}"));
+                }
+                let n: u64 = part.parse().map_err(|_| "Content-Length too large")?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                self.length = Some(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9112 §6.3 message body length, and whether the connection stays open.
+fn head_info(
+    status: StatusCode,
+    version: Version,
+    h: &FramingHeaders,
+    request_method: &Method,
+) -> HeadInfo {
+    let close = h.close || (version == Version::HTTP_10 && !h.keep_alive);
+    let (framing, reusable) = if status == StatusCode::SWITCHING_PROTOCOLS {
+        (Framing::Upgrade, false)
+    } else if *request_method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        (Framing::Length(0), true)
+    } else if h.transfer_encoding {
+        // Only a final `chunked` delimits the body; a length beside it is not to be trusted,
+        // so the connection is not reused either way.
+        let chunked = h.chunked_last && version == Version::HTTP_11;
+        if chunked {
+            (Framing::Chunked, h.length.is_none())
+        } else {
+            (Framing::Close, false)
+        }
+    } else if let Some(n) = h.length {
+        (Framing::Length(n), true)
+    } else {
+        (Framing::Close, false)
+    };
+    HeadInfo {
+        framing,
+        keep_alive: reusable && !close,
+    }
+}
+
+// === chunked decoding ===
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+    Done,
+}
+
+/// One step of the decoder over `buf`: data to hand on, `Ok(None)` when more bytes are
+/// needed or the body is done (see `state`).
+fn decode_chunk(
+    buf: &mut BytesMut,
+    state: &mut Chunk,
+    max: usize,
+) -> Result<Option<Bytes>, String> {
+    loop {
+        match *state {
+            Chunk::Done => return Ok(None),
+            Chunk::Data(0) => *state = Chunk::DataEnd,
+            Chunk::Data(n) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = (n.min(buf.len() as u64) as usize).min(max);
+                *state = Chunk::Data(n - take as u64);
+                return Ok(Some(buf.split_to(take).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF".into());
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Size | Chunk::Trailers => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > LINE_MAX {
+                        return Err("chunk line too long".into());
+                    }
+                    return Ok(None);
+                };
+                let line = buf.split_to(end + 1);
+                let line = line.strip_suffix(b"\r\n").unwrap_or(&line[..end]);
+                if *state == Chunk::Trailers {
+                    if line.is_empty() {
+                        *state = Chunk::Done;
+                    }
+                    continue;
+                }
+                let size = line.split(|&b| b == b';').next().unwrap_or(b"");
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.len() <= 16)
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or("bad chunk size")?;
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+        }
+    }
+}
+
+// === the connection ===
+
+impl OriginConn {
+    pub fn new(io: OriginIo, key: Arc<Key>) -> OriginConn {
+        OriginConn {
+            io: Box::new(io),
+            buf: BytesMut::new(),
+            key,
+            reused: false,
+        }
+    }
+
+    /// False when the origin has closed this idle connection (or sent what it should not).
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut probe = [0u8; 1];
+        let mut rb = tokio::io::ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut *self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Writes the request and reads the response head (skipping 1xx interim heads). `head`
+    /// is used as the write buffer and comes back as it was, ready to be sent again.
+    pub async fn exchange(
+        &mut self,
+        head: &mut Vec<u8>,
+        body: OutBody,
+        method: &Method,
+    ) -> Result<ParsedHead, ExchangeError> {
+        let failed = |what: &str, e: io::Error| ExchangeError::Failed(format!("{what}: {e}"));
+        match body {
+            OutBody::Bytes(b) if b.len() <= COALESCE_MAX => {
+                let head_len = head.len();
+                head.extend_from_slice(&b);
+                let written = self.io.write_all(head).await;
+                head.truncate(head_len);
+                written.map_err(|e| failed("sending request", e))?;
+            }
+            OutBody::Bytes(b) => {
+                self.io
+                    .write_all(head)
+                    .await
+                    .map_err(|e| failed("sending request", e))?;
+                self.io
+                    .write_all(&b)
+                    .await
+                    .map_err(|e| failed("sending request body", e))?;
+            }
+            OutBody::Stream(body) => {
+                self.io
+                    .write_all(head)
+                    .await
+                    .map_err(|e| failed("sending request", e))?;
+                let chunked = body.size_hint().exact().is_none();
+                self.send_stream(body, chunked).await?;
+            }
+        }
+        self.io
+            .flush()
+            .await
+            .map_err(|e| failed("sending request", e))?;
+        let mut got_any = false;
+        loop {
+            match parse_head(&self.buf, method) {
+                Ok(Some(h))
+                    if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
+                {
+                    self.buf.advance(h.len);
+                    got_any = true;
+                    continue;
+                }
+                Ok(Some(h)) => {
+                    self.buf.advance(h.len);
+                    return Ok(h);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ExchangeError::Failed(e)),
+            }
+            match self.read_more().await {
+                Ok(0) if self.reused && !got_any && self.buf.is_empty() => {
+                    return Err(ExchangeError::Stale)
+                }
+                Ok(0) => {
+                    return Err(ExchangeError::Failed(
+                        "origin closed the connection before a complete response head".into(),
+                    ))
+                }
+                Ok(_) => got_any = true,
+                Err(e) if self.reused && !got_any && is_reset(&e) => {
+                    return Err(ExchangeError::Stale)
+                }
+                Err(e) => return Err(failed("reading response", e)),
+            }
+        }
+    }
+
+    async fn send_stream(&mut self, mut body: Body, chunked: bool) -> Result<(), ExchangeError> {
+        let failed = |e: io::Error| ExchangeError::Failed(format!("sending request body: {e}"));
+        let mut body = Pin::new(&mut body);
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame =
+                frame.map_err(|e| ExchangeError::Failed(format!("reading request body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers are not forwarded
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let size = format!("{:x}\r\n", data.len());
+                self.io.write_all(size.as_bytes()).await.map_err(failed)?;
+                self.io.write_all(&data).await.map_err(failed)?;
+                self.io.write_all(b"\r\n").await.map_err(failed)?;
+            } else {
+                self.io.write_all(&data).await.map_err(failed)?;
+            }
+        }
+        if chunked {
+            self.io.write_all(b"0\r\n\r\n").await.map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, &mut self.buf)
+    }
+
+    /// The stream and the bytes already read past the head: for `101 Switching Protocols`.
+    pub fn into_upgraded(self) -> (Box<OriginIo>, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+// === the response body ===
+
+/// An origin response body, read from the connection as the client side asks for it. When
+/// it ends cleanly, the connection goes back to the pool (or is closed when it cannot be
+/// reused); dropped before its end, it closes the connection.
+pub struct OriginBody {
+    conn: Option<OriginConn>,
+    pool: Option<Arc<Pool>>,
+    state: BodyState,
+    keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    Upgrade,
+    Ended,
+}
+
+impl OriginBody {
+    pub fn new(conn: OriginConn, pool: Arc<Pool>, info: &HeadInfo) -> OriginBody {
+        let state = match info.framing {
+            Framing::Length(0) => BodyState::Ended,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(Chunk::Size),
+            Framing::Close => BodyState::Close,
+            Framing::Upgrade => BodyState::Upgrade,
+        };
+        let mut body = OriginBody {
+            conn: Some(conn),
+            pool: Some(pool),
+            state,
+            keep_alive: info.keep_alive,
+        };
+        if state == BodyState::Ended {
+            body.finish();
+        }
+        body
+    }
+
+    /// For a `101` response: the origin stream and the bytes read past the head.
+    pub fn into_upgraded(mut self) -> Option<(Box<OriginIo>, Bytes)> {
+        if self.state != BodyState::Upgrade {
+            return None;
+        }
+        self.conn.take().map(OriginConn::into_upgraded)
+    }
+
+    /// The body has ended: its connection is reusable if nothing is left over.
+    fn finish(&mut self) {
+        self.state = BodyState::Ended;
+        if let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            if self.keep_alive && conn.buf.is_empty() {
+                conn.reused = true;
+                pool.put(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = BodyState::Ended;
+        self.conn = None;
+        Poll::Ready(Some(Err(msg.into())))
+    }
+}
+
+impl HttpBody for OriginBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.state {
+                BodyState::Ended | BodyState::Upgrade => return Poll::Ready(None),
+                BodyState::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(n) if !conn.buf.is_empty() => {
+                    let take = (*n).min(conn.buf.len() as u64) as usize;
+                    *n -= take as u64;
+                    let data = conn.buf.split_to(take).freeze();
+                    if *n == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(chunk) => match decode_chunk(&mut conn.buf, chunk, READ_SIZE) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) if *chunk == Chunk::Done => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(format!("origin response body: {e}")),
+                },
+                BodyState::Length(_) | BodyState::Close => {}
+            }
+            match conn.poll_read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if this.state == BodyState::Close {
+                        this.keep_alive = false;
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    return this.fail("origin closed the connection mid-body".into());
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(format!("reading origin body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Ended | BodyState::Upgrade)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Ended | BodyState::Upgrade => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::Close => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: &Method) -> ParsedHead {
+        parse_head(raw.as_bytes(), method).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_head_has_our_framing_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.append("x-two", HeaderValue::from_static("1"));
+        h.append("x-two", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/p?q=1", &h, Some(3));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 3\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
+        assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &HeaderMap::new(), Some(0));
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &HeaderMap::new(), Some(0));
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn response_framing() {
+        let get = Method::GET;
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", &get);
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Length(5),
+                keep_alive: true
+            }
+        );
+        assert_eq!(h.len, 38);
+        assert!(h.reason.is_none());
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            &get,
+        );
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Chunked,
+                keep_alive: true
+            }
+        );
+        // A length beside chunked: chunked wins, the connection is not reused.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            &get,
+        );
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Chunked,
+                keep_alive: false
+            }
+        );
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &get);
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Close,
+                keep_alive: false
+            }
+        );
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", &get);
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Close,
+                keep_alive: false
+            }
+        );
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+            &get,
+        );
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Length(4),
+                keep_alive: false
+            }
+        );
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n", &get);
+        assert!(!h.info.keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\n",
+            &get,
+        );
+        assert!(h.info.keep_alive);
+        for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+            let h = head(
+                &format!("HTTP/1.1 {status}\r\nContent-Length: 9\r\n\r\n"),
+                &get,
+            );
+            assert_eq!(h.info.framing, Framing::Length(0), "{status}");
+        }
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(h.info.framing, Framing::Length(0));
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            &get,
+        );
+        assert_eq!(
+            h.info,
+            HeadInfo {
+                framing: Framing::Upgrade,
+                keep_alive: false
+            }
+        );
+        // Repeated equal lengths are one length; different ones are an error.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\n",
+            &get,
+        );
+        assert_eq!(h.info.framing, Framing::Length(2));
+        for bad in [
+            "Content-Length: 2\r\nContent-Length: 3",
+            "Content-Length: +2",
+            "Content-Length: 0x2",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
+            assert!(parse_head(raw.as_bytes(), &get).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_head_details() {
+        let h = head(
+            "HTTP/1.1 299 Fine Indeed\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.status.as_u16(), 299);
+        assert_eq!(h.reason.as_deref(), Some(&b"Fine Indeed"[..]));
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        let h = head("HTTP/1.1 404 Gone Fishing\r\n\r\n", &Method::GET);
+        assert_eq!(h.reason.as_deref(), Some(&b"Gone Fishing"[..]));
+        // Partial heads wait; garbage and oversized heads fail.
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", &Method::GET)
+            .unwrap()
+            .is_none());
+        assert!(parse_head(b"NOT HTTP\r\n\r\n", &Method::GET).is_err());
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= HEAD_MAX {
+            big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(parse_head(&big, &Method::GET).is_err());
+    }
+
+    fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Chunk, usize), String> {
+        let mut buf = BytesMut::new();
+        let mut state = Chunk::Size;
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(d) = decode_chunk(&mut buf, &mut state, 4)? {
+                assert!(d.len() <= 4);
+                out.extend_from_slice(&d);
+            }
+        }
+        Ok((out, state, buf.len()))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_every_split() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for step in 1..body.len() {
+            let (out, state, left) = decode_all(body, step).unwrap();
+            assert_eq!(out, b"hello, world", "step {step}");
+            assert_eq!(state, Chunk::Done);
+            assert_eq!(left, 4, "bytes after the body are left alone");
+        }
+        let (out, state, _) = decode_all(b"A\r\n0123456789\r\n0\r\n\r\n", 3).unwrap();
+        assert_eq!((out.len(), state), (10, Chunk::Done));
+    }
+
+    #[test]
+    fn bad_chunked_bodies_fail() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b'1'; LINE_MAX + 2];
+        assert!(decode_all(&long, LINE_MAX + 2).is_err());
+    }
+}
