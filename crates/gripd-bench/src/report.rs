@@ -324,6 +324,20 @@ pub(crate) fn table(gripd: &Path, pushpin: &Path) -> String {
         String::new(),
     ]);
 
+    // Mature C proxies in front of the same origin, for reference (scripts/bench).
+    for (role, what) in [
+        ("nginx", "nginx (proxy_pass, upstream keep-alive)"),
+        ("haproxy", "HAProxy (http-reuse always)"),
+    ] {
+        rows.push([
+            format!("pass-through: {what} vs direct, for reference"),
+            fmt(vs_direct(&g, role), "x"),
+            fmt(vs_direct(&p, role), "x"),
+            "—".into(),
+            String::new(),
+        ]);
+    }
+
     let mut out = String::from(
         "| figure | gripd | Pushpin | ratio (gripd / Pushpin) | target |\n|---|---|---|---|---|\n",
     );
