@@ -568,6 +568,28 @@ async fn origin_connections_reused_and_closed_ones_replaced() {
     );
 }
 
+/// An origin response head over `proxy.origin_head_max` is a 502; under it passes.
+#[tokio::test]
+async fn origin_head_limit_is_configurable() {
+    let (addr, _) = scripted_origin(100, |head, _| {
+        let size: usize = head
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.trim_start_matches('/').parse().ok())
+            .unwrap_or(0);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(size)
+        );
+        (reply.into_bytes(), false)
+    })
+    .await;
+    let p = Proxy::start(&[format!("* {addr}")], "[proxy]\norigin_head_max = 2048\n").await;
+    assert_eq!(request(p.client, "GET", "/1500", &[], "").await.status, 200);
+    assert_eq!(request(p.client, "GET", "/3000", &[], "").await.status, 502);
+    assert_eq!(request(p.client, "GET", "/1500", &[], "").await.status, 200);
+}
+
 /// An origin that closes a kept connection when the next request arrives, without answering:
 /// a GET is sent again on a new connection; a POST is not (it may have been acted on).
 #[tokio::test]

@@ -42,6 +42,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_ORIGIN_POOL_MAX_IDLE: usize = 1024;
 /// An idle origin connection unused this long is not reused.
 pub const DEFAULT_ORIGIN_IDLE_TIMEOUT_SECS: u64 = 90;
+/// Largest origin response head, in bytes.
+pub const DEFAULT_ORIGIN_HEAD_MAX: usize = 64 * 1024;
 /// `iss` claim of `Grip-Sig` (Pushpin's `sig_iss`).
 pub const DEFAULT_SIG_ISS: &str = "pushpin";
 /// Pushpin's shipped placeholder signing key; accepted, but warned about loudly.
@@ -93,6 +95,7 @@ pub struct RawProxy {
     pub response_timeout_secs: Option<u64>,
     pub origin_pool_max_idle: Option<usize>,
     pub origin_idle_timeout_secs: Option<u64>,
+    pub origin_head_max: Option<usize>,
     pub response_body_max: Option<usize>,
     pub retry_body_max: Option<usize>,
     pub debug: Option<bool>,
@@ -224,6 +227,8 @@ pub struct Config {
     /// Idle connections kept per origin (0: no reuse).
     pub origin_pool_max_idle: usize,
     pub origin_idle_timeout: Duration,
+    /// Largest origin response head, in bytes (else 502).
+    pub origin_head_max: usize,
     pub response_body_max: usize,
     pub retry_body_max: usize,
     pub debug: bool,
@@ -512,6 +517,13 @@ impl Config {
             "proxy.origin_idle_timeout_secs",
             &mut err,
         ));
+        let origin_head_max = raw.proxy.origin_head_max.unwrap_or(DEFAULT_ORIGIN_HEAD_MAX);
+        if origin_head_max < 1024 {
+            err(
+                "proxy.origin_head_max",
+                format!("must be at least 1024 (got {origin_head_max})"),
+            );
+        }
         let response_body_max = positive(
             raw.proxy.response_body_max,
             DEFAULT_RESPONSE_BODY_MAX,
@@ -653,6 +665,7 @@ impl Config {
             response_timeout,
             origin_pool_max_idle,
             origin_idle_timeout,
+            origin_head_max,
             response_body_max,
             retry_body_max,
             debug: raw.proxy.debug.unwrap_or(false),

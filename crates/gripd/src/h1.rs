@@ -34,8 +34,6 @@ use tokio::net::TcpStream;
 use crate::origin::{Body, BoxError};
 use crate::pool::{Key, Pool};
 
-/// Largest response head accepted from an origin.
-pub const HEAD_MAX: usize = 64 * 1024;
 /// Most header lines in a response head.
 const HEADERS_MAX: usize = 128;
 /// Longest chunk-size or trailer line.
@@ -160,9 +158,14 @@ pub struct ParsedHead {
     pub len: usize,
 }
 
-/// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed.
-/// Informational (1xx other than 101) heads come back like any other; the caller skips them.
-pub fn parse_head(buf: &[u8], request_method: &Method) -> Result<Option<ParsedHead>, String> {
+/// Parses a response head of at most `head_max` bytes at the start of `buf`: `Ok(None)` when
+/// more bytes are needed. Informational (1xx other than 101) heads come back like any other;
+/// the caller skips them.
+pub fn parse_head(
+    buf: &[u8],
+    request_method: &Method,
+    head_max: usize,
+) -> Result<Option<ParsedHead>, String> {
     // Uninitialised slots: zeroing 128 of them cost more than the parse itself.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_MAX];
     let mut r = httparse::Response::new(&mut []);
@@ -171,15 +174,15 @@ pub fn parse_head(buf: &[u8], request_method: &Method) -> Result<Option<ParsedHe
     let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            if buf.len() > HEAD_MAX {
-                return Err(format!("response head over {HEAD_MAX} bytes"));
+            if buf.len() > head_max {
+                return Err(format!("response head over {head_max} bytes"));
             }
             return Ok(None);
         }
         Err(e) => return Err(format!("malformed response head: {e}")),
     };
-    if len > HEAD_MAX {
-        return Err(format!("response head over {HEAD_MAX} bytes"));
+    if len > head_max {
+        return Err(format!("response head over {head_max} bytes"));
     }
     let status = r
         .code
@@ -411,6 +414,7 @@ impl OriginConn {
         head: &mut Vec<u8>,
         body: OutBody,
         method: &Method,
+        head_max: usize,
     ) -> Result<ParsedHead, ExchangeError> {
         let failed = |what: &str, e: io::Error| ExchangeError::Failed(format!("{what}: {e}"));
         match body {
@@ -446,7 +450,7 @@ impl OriginConn {
             .map_err(|e| failed("sending request", e))?;
         let mut got_any = false;
         loop {
-            match parse_head(&self.buf, method) {
+            match parse_head(&self.buf, method, head_max) {
                 Ok(Some(h))
                     if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
                 {
@@ -675,8 +679,10 @@ impl HttpBody for OriginBody {
 mod tests {
     use super::*;
 
+    const MAX: usize = 64 * 1024;
+
     fn head(raw: &str, method: &Method) -> ParsedHead {
-        parse_head(raw.as_bytes(), method).unwrap().unwrap()
+        parse_head(raw.as_bytes(), method, MAX).unwrap().unwrap()
     }
 
     #[test]
@@ -812,7 +818,7 @@ mod tests {
             "Content-Length: 0x2",
         ] {
             let raw = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
-            assert!(parse_head(raw.as_bytes(), &get).is_err(), "{bad}");
+            assert!(parse_head(raw.as_bytes(), &get, MAX).is_err(), "{bad}");
         }
     }
 
@@ -828,15 +834,20 @@ mod tests {
         let h = head("HTTP/1.1 404 Gone Fishing\r\n\r\n", &Method::GET);
         assert_eq!(h.reason.as_deref(), Some(&b"Gone Fishing"[..]));
         // Partial heads wait; garbage and oversized heads fail.
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", &Method::GET)
-            .unwrap()
-            .is_none());
-        assert!(parse_head(b"NOT HTTP\r\n\r\n", &Method::GET).is_err());
+        let partial = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n";
+        assert!(parse_head(partial, &Method::GET, MAX).unwrap().is_none());
+        assert!(parse_head(b"NOT HTTP\r\n\r\n", &Method::GET, MAX).is_err());
         let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while big.len() <= HEAD_MAX {
+        while big.len() <= MAX {
             big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
-        assert!(parse_head(&big, &Method::GET).is_err());
+        assert!(parse_head(&big, &Method::GET, MAX).is_err());
+        // The limit counts the head only, complete or not.
+        let complete = b"HTTP/1.1 200 OK\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        assert!(parse_head(complete, &Method::GET, 40).is_err());
+        assert!(parse_head(complete, &Method::GET, complete.len())
+            .unwrap()
+            .is_some());
     }
 
     fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Chunk, usize), String> {

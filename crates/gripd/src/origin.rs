@@ -85,6 +85,7 @@ pub struct Origin {
     verified: Connector,
     insecure: Connector,
     response_timeout: Duration,
+    head_max: usize,
     signer: Signer,
     forwarded_for: Vec<ForwardedForStep>,
     forwarded_proto: ForwardedProto,
@@ -170,6 +171,7 @@ impl Origin {
             verified,
             insecure: insecure_conn,
             response_timeout: config.response_timeout,
+            head_max: config.origin_head_max,
             signer: Signer::new(&config.sig_iss, config.sig_key.bytes()),
             forwarded_for: config.x_forwarded_for.clone(),
             forwarded_proto: config.forwarded_proto,
@@ -262,7 +264,10 @@ impl Origin {
                     OutBody::Bytes(b) if replayable && conn.reused => Some(b.clone()),
                     _ => None,
                 };
-                match conn.exchange(&mut head, out, &req.method).await {
+                match conn
+                    .exchange(&mut head, out, &req.method, self.head_max)
+                    .await
+                {
                     Ok(parsed) => return Ok(self.response(parsed, conn)),
                     // The origin closed this idle connection as we sent: once more on a new one.
                     Err(ExchangeError::Stale) if resend.is_some() => {
