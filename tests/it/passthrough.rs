@@ -635,3 +635,81 @@ async fn origin_pool_can_be_turned_off() {
         "one origin connection per request"
     );
 }
+
+/// Reads from `s` until `needle` has arrived (true) or the peer closed (false), within `WAIT`.
+async fn read_until_or_eof(s: &mut tokio::net::TcpStream, needle: &str) -> bool {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if String::from_utf8_lossy(&got).contains(needle) {
+            return true;
+        }
+        match tokio::time::timeout(WAIT, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("nothing from gripd in {WAIT:?}"),
+        }
+    }
+}
+
+/// `server.client_head_timeout_secs` bounds the wait for a request head, idle keep-alive
+/// time included, yet requests that keep coming faster than that share one connection however
+/// long it lives, and a slow origin is waited for.
+#[tokio::test]
+async fn client_head_timeout() {
+    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        resp(200, &[("content-length", "2")], "ok")
+    })
+    .await;
+    let p = Proxy::start(
+        &[format!("* {}", o.addr)],
+        "[server]\nclient_head_timeout_secs = 1\n",
+    )
+    .await;
+
+    // A head that stalls halfway is cut after about a second.
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    let start = std::time::Instant::now();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    assert!(
+        !read_until_or_eof(&mut s, "HTTP/1.1").await,
+        "a stalled head was answered"
+    );
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900), "cut after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "cut after {waited:?}");
+
+    // Requests 0.6 s apart for 3 s: all on one connection. Then idle: closed.
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    for i in 0..5 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_until_or_eof(&mut s, "\r\n\r\nok").await, "request {i}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let start = std::time::Instant::now();
+    assert!(!read_until_or_eof(&mut s, "never").await);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "idle for {:?}",
+        start.elapsed()
+    );
+
+    // An origin slower than the head timeout: the client still gets its answer.
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    let start = std::time::Instant::now();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_or_eof(&mut s, "\r\n\r\nok").await,
+        "slow answer cut"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(2500));
+}

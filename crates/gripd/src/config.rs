@@ -42,6 +42,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_ORIGIN_POOL_MAX_IDLE: usize = 1024;
 /// An idle origin connection unused this long is not reused.
 pub const DEFAULT_ORIGIN_IDLE_TIMEOUT_SECS: u64 = 90;
+/// Seconds a client has to send a request head.
+pub const DEFAULT_CLIENT_HEAD_TIMEOUT_SECS: u64 = 30;
 /// Largest origin response head, in bytes.
 pub const DEFAULT_ORIGIN_HEAD_MAX: usize = 64 * 1024;
 /// `iss` claim of `Grip-Sig` (Pushpin's `sig_iss`).
@@ -79,6 +81,7 @@ pub struct RawServer {
     pub port_offset: Option<u16>,
     pub max_connections: Option<usize>,
     pub client_head_max: Option<usize>,
+    pub client_head_timeout_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
 }
 
@@ -212,6 +215,8 @@ pub struct Config {
     pub client_addrs: Vec<SocketAddr>,
     pub max_connections: usize,
     pub client_head_max: usize,
+    /// Time a client has to send a request head, idle keep-alive time included.
+    pub client_head_timeout: Duration,
     pub shutdown_timeout: Duration,
 
     /// Routes file path; `None` when routes come from `--route` or the built-in default.
@@ -517,6 +522,12 @@ impl Config {
             "proxy.origin_idle_timeout_secs",
             &mut err,
         ));
+        let client_head_timeout = Duration::from_secs(positive(
+            raw.server.client_head_timeout_secs,
+            DEFAULT_CLIENT_HEAD_TIMEOUT_SECS,
+            "server.client_head_timeout_secs",
+            &mut err,
+        ));
         let origin_head_max = raw.proxy.origin_head_max.unwrap_or(DEFAULT_ORIGIN_HEAD_MAX);
         if origin_head_max < 1024 {
             err(
@@ -654,6 +665,7 @@ impl Config {
             client_addrs,
             max_connections,
             client_head_max,
+            client_head_timeout,
             shutdown_timeout,
             routes_file,
             route_lines,

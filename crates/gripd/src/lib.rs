@@ -14,6 +14,7 @@ pub mod detach;
 pub mod error;
 pub mod framing;
 pub mod h1;
+pub mod head_timer;
 pub mod hold;
 pub mod hub;
 pub mod metrics;

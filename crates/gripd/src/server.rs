@@ -11,18 +11,19 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::detach::{Detach, DetachHandle};
 use crate::framing::FramingGuard;
+use crate::head_timer::HeadTimer;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::origin::Body;
 use crate::shutdown::Shutdown;
 
-/// Time a client has to send a complete request head.
+/// Time a control-port client has to send a request head (the client port's is configurable).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Listener settings.
@@ -34,6 +35,9 @@ pub struct ListenerSettings {
     pub head_max: usize,
     /// Connection limit shared by this listener.
     pub permits: Arc<Semaphore>,
+    /// Time to send a request head, counted from when the connection waits for one (so it
+    /// also closes idle keep-alive connections).
+    pub head_timeout: Duration,
 }
 
 /// Accepts connections until shutdown, serving each with `handler`.
@@ -47,12 +51,6 @@ pub async fn serve<H, Fut>(
     H: Fn(SocketAddr, DetachHandle, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(settings.head_max.max(8192))
-        .keep_alive(true);
     loop {
         let permit = tokio::select! {
             _ = shutdown.token.cancelled() => break,
@@ -85,7 +83,12 @@ pub async fn serve<H, Fut>(
             Box::new((permit, gauge)),
         );
         let svc = service_fn(move |req: Request<Incoming>| handler(peer, detach.clone(), req));
-        let conn = builder
+        // A builder per connection: each has its own head timer (see `head_timer.rs`).
+        let conn = http1::Builder::new()
+            .timer(HeadTimer::new())
+            .header_read_timeout(settings.head_timeout)
+            .max_buf_size(settings.head_max.max(8192))
+            .keep_alive(true)
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
