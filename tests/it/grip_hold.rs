@@ -562,19 +562,7 @@ async fn idle_keep_alive_is_reset_by_published_data() {
 
 #[tokio::test]
 async fn next_link_refetched_after_its_timeout_without_messages() {
-    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
-        let hs = [
-            ("Grip-Hold", "stream"),
-            ("Grip-Channel", "lt"),
-            ("Grip-Link", "</next>; rel=next; timeout=1"),
-        ];
-        if req.uri().path() == "/next" {
-            resp(200, &hs, "refreshed\n")
-        } else {
-            resp(200, &hs, "open\n")
-        }
-    })
-    .await;
+    let (o, _) = next_link_origin("lt", "refreshed\n").await;
     let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
     let mut s = Stream::open(p.client, "/", &[]).await;
     let started = std::time::Instant::now();
@@ -687,27 +675,8 @@ async fn held_stream_frees_its_connection_slot_when_it_ends() {
 /// refreshes still happen, and a later publish is still delivered.
 #[tokio::test]
 async fn stream_works_after_next_link_refreshes_with_no_news() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let seen = fetches.clone();
-    let o = origin(move |req: http::Request<hyper::body::Incoming>| {
-        let seen = seen.clone();
-        async move {
-            let hs = [
-                ("Grip-Hold", "stream"),
-                ("Grip-Channel", "quiet"),
-                ("Grip-Link", "</next>; rel=next; timeout=1"),
-            ];
-            if req.uri().path() == "/next" {
-                seen.fetch_add(1, Ordering::SeqCst);
-                resp(200, &hs, "")
-            } else {
-                resp(200, &hs, "open\n")
-            }
-        }
-    })
-    .await;
+    use std::sync::atomic::Ordering;
+    let (o, fetches) = next_link_origin("quiet", "").await;
     let p = Proxy::start(&[format!("* {}", o.addr)], NO_FIRST_SUB).await;
     let mut s = Stream::open(p.client, "/", &[]).await;
     s.read_until("open\n").await;
@@ -751,4 +720,32 @@ async fn route_prefix_applies_to_response_hold_filters() {
     .await;
     let r = req.await.unwrap();
     assert_eq!(r.body, "right");
+}
+
+/// An origin that holds every response as a stream on `channel` with a next link due every
+/// second; `/next` answers `next_body` (and counts its fetches), anything else `open\n`.
+async fn next_link_origin(
+    channel: &'static str,
+    next_body: &'static str,
+) -> (Origin, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = fetches.clone();
+    let o = origin(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let hs = [
+                ("Grip-Hold", "stream"),
+                ("Grip-Channel", channel),
+                ("Grip-Link", "</next>; rel=next; timeout=1"),
+            ];
+            if req.uri().path() == "/next" {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                resp(200, &hs, next_body)
+            } else {
+                resp(200, &hs, "open\n")
+            }
+        }
+    })
+    .await;
+    (o, fetches)
 }

@@ -18,10 +18,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+// Chunk lines longer than this are not followed: hyper rejects them itself.
+use crate::h1::{parse_chunk_size, parse_length, CHUNK_LINE_MAX as LINE_MAX};
+
 /// Bytes that make any HTTP parser fail, whatever came before them in the head.
 const POISON: &[u8] = b"\x00\r\n\r\n";
-/// Longest chunk-size or trailer line followed; longer ones are left to hyper to reject.
-const LINE_MAX: usize = 4096;
 
 /// Wraps a client connection; see the module docs.
 pub struct FramingGuard<S> {
@@ -129,12 +130,12 @@ impl<S> FramingGuard<S> {
                     i += 1;
                     line.push(b);
                     if b == b'\n' {
-                        let text = String::from_utf8_lossy(line);
-                        let hex = text.split(';').next().unwrap_or("").trim();
-                        match u64::from_str_radix(hex, 16) {
-                            Ok(0) => self.state = State::Trailer(Vec::new()),
-                            Ok(n) => self.state = State::ChunkData(n),
-                            Err(_) => self.state = State::Tunnel,
+                        let text = line.strip_suffix(b"\n").unwrap_or(line);
+                        let text = text.strip_suffix(b"\r").unwrap_or(text);
+                        match parse_chunk_size(text) {
+                            Some(0) => self.state = State::Trailer(Vec::new()),
+                            Some(n) => self.state = State::ChunkData(n),
+                            None => self.state = State::Tunnel,
                         }
                     } else if line.len() > LINE_MAX {
                         self.state = State::Tunnel;
@@ -235,10 +236,8 @@ fn judge(head: &[u8]) -> Verdict {
     }
     match content_length {
         None => Verdict::Ok(State::Head),
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        // One value, digits only: a list (`5, 5`) or a sign is a reason to reject.
+        Some(v) => match parse_length(v.trim_ascii()) {
             Some(0) => Verdict::Ok(State::Head),
             Some(n) => Verdict::Ok(State::Body(n)),
             None => Verdict::Reject,
@@ -321,6 +320,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
         ));
         assert!(verdict("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"));
+        assert!(verdict("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"));
         assert!(!verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
         assert!(!verdict(
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -36,8 +36,8 @@ use crate::pool::{Key, Pool};
 
 /// Most header lines in a response head.
 const HEADERS_MAX: usize = 128;
-/// Longest chunk-size or trailer line.
-const LINE_MAX: usize = 4096;
+/// Longest chunk-size or trailer line followed (requests in `framing.rs`, responses here).
+pub const CHUNK_LINE_MAX: usize = 4096;
 /// Read size; also the largest body frame handed on.
 const READ_SIZE: usize = 16 * 1024;
 /// Kept bodies up to this size go out in the same write as the head.
@@ -54,7 +54,7 @@ pub struct OriginConn {
     buf: BytesMut,
     pub key: Arc<Key>,
     /// Has carried a response before (so it may have been closed while idle).
-    pub reused: bool,
+    reused: bool,
 }
 
 /// A request body as the engine sends it.
@@ -63,6 +63,16 @@ pub enum OutBody {
     Bytes(Bytes),
     /// Streamed from the client: sent once, chunked unless its length is known.
     Stream(Body),
+}
+
+impl OutBody {
+    /// The body's length, `None` when unknown (sent chunked).
+    pub fn known_len(&self) -> Option<u64> {
+        match self {
+            OutBody::Bytes(b) => Some(b.len() as u64),
+            OutBody::Stream(s) => s.size_hint().exact(),
+        }
+    }
 }
 
 /// Why an exchange failed.
@@ -93,6 +103,35 @@ pub struct HeadInfo {
     pub framing: Framing,
     /// The origin keeps the connection open after this response.
     pub keep_alive: bool,
+}
+
+// === message syntax shared with `framing.rs` ===
+
+/// A `Content-Length` value (one list element): ASCII digits only, no sign, no inner space.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The size on a chunk-size line (line end removed): hex digits before any `;` extension.
+pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let size = line.split(|&b| b == b';').next()?.trim_ascii();
+    if size.is_empty() || size.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
+}
+
+/// The comma-separated tokens of a header value (`Connection`, `Transfer-Encoding`), trimmed.
+pub fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 // === request encoding ===
@@ -233,31 +272,21 @@ struct FramingHeaders {
 
 impl FramingHeaders {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), String> {
-        let tokens = || {
-            value
-                .to_str()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-        };
         if name == header::CONNECTION {
-            for t in tokens() {
+            for t in tokens(value) {
                 self.close |= t.eq_ignore_ascii_case("close");
                 self.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
             }
         } else if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            if let Some(last) = tokens().next_back() {
+            if let Some(last) = tokens(value).next_back() {
                 self.chunked_last = last.eq_ignore_ascii_case("chunked");
             }
         } else if name == header::CONTENT_LENGTH {
-            for part in value.to_str().map_err(|_| "bad Content-Length")?.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!("bad Content-Length {part:?}"));
-                }
-                let n: u64 = part.parse().map_err(|_| "Content-Length too large")?;
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(part.trim_ascii()).ok_or_else(|| {
+                    format!("bad Content-Length {:?}", String::from_utf8_lossy(part))
+                })?;
                 if self.length.is_some_and(|l| l != n) {
                     return Err("conflicting Content-Length values".into());
                 }
@@ -351,7 +380,7 @@ fn decode_chunk(
             }
             Chunk::Size | Chunk::Trailers => {
                 let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                    if buf.len() > LINE_MAX {
+                    if buf.len() > CHUNK_LINE_MAX {
                         return Err("chunk line too long".into());
                     }
                     return Ok(None);
@@ -364,13 +393,7 @@ fn decode_chunk(
                     }
                     continue;
                 }
-                let size = line.split(|&b| b == b';').next().unwrap_or(b"");
-                let size = std::str::from_utf8(size)
-                    .ok()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty() && s.len() <= 16)
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or("bad chunk size")?;
+                let size = parse_chunk_size(line).ok_or("bad chunk size")?;
                 *state = if size == 0 {
                     Chunk::Trailers
                 } else {
@@ -417,37 +440,33 @@ impl OriginConn {
         head_max: usize,
     ) -> Result<ParsedHead, ExchangeError> {
         let failed = |what: &str, e: io::Error| ExchangeError::Failed(format!("{what}: {e}"));
+        // The rule `encode_head` wrote into the head: unknown length, chunked.
+        let chunked = body.known_len().is_none();
+        // A small known body goes out in the head's write.
+        let head_len = head.len();
+        if let OutBody::Bytes(b) = &body {
+            if b.len() <= COALESCE_MAX {
+                head.extend_from_slice(b);
+            }
+        }
+        let written = self.io.write_all(head).await;
+        head.truncate(head_len);
+        written.map_err(|e| failed("sending request", e))?;
         match body {
-            OutBody::Bytes(b) if b.len() <= COALESCE_MAX => {
-                let head_len = head.len();
-                head.extend_from_slice(&b);
-                let written = self.io.write_all(head).await;
-                head.truncate(head_len);
-                written.map_err(|e| failed("sending request", e))?;
-            }
-            OutBody::Bytes(b) => {
-                self.io
-                    .write_all(head)
-                    .await
-                    .map_err(|e| failed("sending request", e))?;
-                self.io
-                    .write_all(&b)
-                    .await
-                    .map_err(|e| failed("sending request body", e))?;
-            }
-            OutBody::Stream(body) => {
-                self.io
-                    .write_all(head)
-                    .await
-                    .map_err(|e| failed("sending request", e))?;
-                let chunked = body.size_hint().exact().is_none();
-                self.send_stream(body, chunked).await?;
-            }
+            OutBody::Bytes(b) if b.len() > COALESCE_MAX => self
+                .io
+                .write_all(&b)
+                .await
+                .map_err(|e| failed("sending request body", e))?,
+            OutBody::Bytes(_) => {}
+            OutBody::Stream(body) => self.send_stream(body, chunked).await?,
         }
         self.io
             .flush()
             .await
             .map_err(|e| failed("sending request", e))?;
+        // Whether the origin sent anything at all: a reused connection that ends before any
+        // byte was closed while idle (stale), not mid-response.
         let mut got_any = false;
         loop {
             match parse_head(&self.buf, method, head_max) {
@@ -455,7 +474,6 @@ impl OriginConn {
                     if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
                 {
                     self.buf.advance(h.len);
-                    got_any = true;
                     continue;
                 }
                 Ok(Some(h)) => {
@@ -466,9 +484,7 @@ impl OriginConn {
                 Err(e) => return Err(ExchangeError::Failed(e)),
             }
             match self.read_more().await {
-                Ok(0) if self.reused && !got_any && self.buf.is_empty() => {
-                    return Err(ExchangeError::Stale)
-                }
+                Ok(0) if self.reused && !got_any => return Err(ExchangeError::Stale),
                 Ok(0) => {
                     return Err(ExchangeError::Failed(
                         "origin closed the connection before a complete response head".into(),
@@ -541,7 +557,7 @@ fn is_reset(e: &io::Error) -> bool {
 /// reused); dropped before its end, it closes the connection.
 pub struct OriginBody {
     conn: Option<OriginConn>,
-    pool: Option<Arc<Pool>>,
+    pool: Arc<Pool>,
     state: BodyState,
     keep_alive: bool,
 }
@@ -566,7 +582,7 @@ impl OriginBody {
         };
         let mut body = OriginBody {
             conn: Some(conn),
-            pool: Some(pool),
+            pool,
             state,
             keep_alive: info.keep_alive,
         };
@@ -587,10 +603,10 @@ impl OriginBody {
     /// The body has ended: its connection is reusable if nothing is left over.
     fn finish(&mut self) {
         self.state = BodyState::Ended;
-        if let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+        if let Some(mut conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
                 conn.reused = true;
-                pool.put(conn);
+                self.pool.put(conn);
             }
         }
     }
@@ -850,6 +866,37 @@ mod tests {
             .is_some());
     }
 
+    #[test]
+    fn lengths_and_chunk_sizes() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"5 5",
+            b"0x5",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"A ; name=value"), Some(10));
+        for bad in [&b""[..], b";ext", b"zz", b"11111111111111111", b"-1"] {
+            assert_eq!(
+                parse_chunk_size(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Chunk, usize), String> {
         let mut buf = BytesMut::new();
         let mut state = Chunk::Size;
@@ -891,7 +938,7 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let long = vec![b'1'; LINE_MAX + 2];
-        assert!(decode_all(&long, LINE_MAX + 2).is_err());
+        let long = vec![b'1'; CHUNK_LINE_MAX + 2];
+        assert!(decode_all(&long, CHUNK_LINE_MAX + 2).is_err());
     }
 }

@@ -135,7 +135,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn later_deadlines_reuse_the_armed_timer() {
+    async fn a_wait_lasts_its_whole_length_after_earlier_ones_ended_early() {
         let timer = HeadTimer::new();
         // Many short waits that end early (heads that arrived), each with a later deadline.
         for _ in 0..10 {

@@ -235,12 +235,14 @@ impl Origin {
         for (name, value) in extra {
             headers.append(name.clone(), value.clone());
         }
-        let body_len = match &body {
-            OutBody::Bytes(b) => Some(b.len() as u64),
-            OutBody::Stream(s) => http_body::Body::size_hint(s).exact(),
-        };
         let mut head = Vec::with_capacity(512);
-        h1::encode_head(&mut head, &req.method, path_and_query, &headers, body_len);
+        h1::encode_head(
+            &mut head,
+            &req.method,
+            path_and_query,
+            &headers,
+            body.known_len(),
+        );
         let tls = match (target.ssl, target.insecure) {
             (false, _) => Tls::Plain,
             (true, false) => Tls::Verified,
@@ -248,37 +250,35 @@ impl Origin {
         };
         // `host:port`, bracketed for IPv6: for error messages and the connector.
         let authority = || target.kind.to_string();
-        let replayable = matches!(body, OutBody::Bytes(_)) && is_idempotent(&req.method);
+        let idempotent = is_idempotent(&req.method);
         let exchange = async {
-            let mut body = Some(body);
+            let mut body = body;
             let mut pooled = self.pool.take(tls, host, *port);
             loop {
                 let mut conn = match pooled.take() {
                     Some(c) => c,
                     None => Box::pin(self.connect(tls, host, *port, authority())).await?,
                 };
-                let Some(out) = body.take() else {
-                    return Err(ProxyError::Internal("request body already sent".into()));
-                };
-                let resend = match &out {
-                    OutBody::Bytes(b) if replayable && conn.reused => Some(b.clone()),
+                // Only known bytes can go out again, and only for an idempotent method.
+                let again = match &body {
+                    OutBody::Bytes(b) if idempotent => Some(b.clone()),
                     _ => None,
                 };
                 match conn
-                    .exchange(&mut head, out, &req.method, self.head_max)
+                    .exchange(&mut head, body, &req.method, self.head_max)
                     .await
                 {
                     Ok(parsed) => return Ok(self.response(parsed, conn)),
-                    // The origin closed this idle connection as we sent: once more on a new one.
-                    Err(ExchangeError::Stale) if resend.is_some() => {
-                        body = resend.map(OutBody::Bytes);
-                    }
-                    Err(ExchangeError::Stale) => {
-                        return Err(ProxyError::OriginFailed(
-                            authority(),
-                            "origin closed the connection before responding".into(),
-                        ))
-                    }
+                    // A kept connection the origin closed as we sent: once more on a new one.
+                    Err(ExchangeError::Stale) => match again {
+                        Some(b) => body = OutBody::Bytes(b),
+                        None => {
+                            return Err(ProxyError::OriginFailed(
+                                authority(),
+                                "origin closed the connection before responding".into(),
+                            ))
+                        }
+                    },
                     Err(ExchangeError::Failed(e)) => {
                         return Err(ProxyError::OriginFailed(authority(), e))
                     }
@@ -462,10 +462,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, fixed: &[&str], grip: bool) {
     let listed = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
-    doomed.extend(listed.collect::<Vec<_>>());
+        .flat_map(h1::tokens)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+    doomed.extend(listed);
     for name in doomed {
         headers.remove(name);
     }
