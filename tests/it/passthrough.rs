@@ -713,3 +713,122 @@ async fn client_head_timeout() {
     );
     assert!(start.elapsed() >= Duration::from_millis(2500));
 }
+
+/// An origin that answers a large upload before reading it (a 413, a 401) is heard: the
+/// client gets that answer, not a 502 or a wait for the response timeout, whether the origin
+/// then closes the connection or leaves it open without reading.
+#[tokio::test]
+async fn origin_answers_before_the_upload_ends() {
+    for close in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if !read_request_head(&mut s).await {
+                        return;
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\
+                              Connection: close\r\n\r\ntoo large",
+                        )
+                        .await;
+                    if !close {
+                        tokio::time::sleep(WAIT).await;
+                    }
+                });
+            }
+        });
+        let p = Proxy::start(&[format!("* {addr}")], "").await;
+        let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+        let size = 64 * 1024 * 1024;
+        s.write_all(
+            format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        // The upload goes on until gripd stops reading it.
+        let upload = tokio::spawn(async move {
+            let piece = vec![b'x'; 64 * 1024];
+            for _ in 0..size / piece.len() {
+                if wr.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            match tokio::time::timeout(WAIT, rd.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                other => panic!("close={close}: no answer ({other:?}), got {:?}", tail(&got)),
+            }
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 413 "),
+            "close={close}: the client got {got:?}"
+        );
+        upload.abort();
+    }
+}
+
+/// An idle kept origin connection that the origin closes (its keep-alive timeout) is closed
+/// by gripd too, without waiting for the next request to that origin: no socket is left in
+/// CLOSE_WAIT holding a file descriptor.
+#[tokio::test]
+async fn idle_origin_connection_closed_by_the_origin_is_let_go() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        if !read_request_head(&mut s).await {
+            return;
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        // The keep-alive timeout: our side ends; then wait for gripd's end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.shutdown().await.unwrap();
+        let closed_at = std::time::Instant::now();
+        let outcome = tokio::time::timeout(WAIT, s.read(&mut [0u8; 64])).await;
+        let _ = seen_tx.send((
+            outcome.map(|r| r.map_err(|e| e.kind())),
+            closed_at.elapsed(),
+        ));
+    });
+    let p = Proxy::start(&[format!("* {addr}")], "").await;
+    let r = request(p.client, "GET", "/a", &[], "").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    let (outcome, after) = tokio::time::timeout(WAIT + WAIT, seen_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, Ok(Ok(0))),
+        "gripd kept the connection the origin closed: {outcome:?}"
+    );
+    assert!(
+        after < gripd::pool::SWEEP_EVERY + Duration::from_secs(3),
+        "closed after {after:?}"
+    );
+}
+
+/// Reads one request head (and whatever came with it) from `s`, within `WAIT`; false when the
+/// peer went away or went quiet first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(WAIT, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+    true
+}

@@ -161,6 +161,13 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
     shutdown
         .tracker
         .spawn(hub.clone().run_ticker(shutdown.token.clone()));
+    shutdown.tracker.spawn(
+        state
+            .origin
+            .pool()
+            .clone()
+            .sweep_until(shutdown.token.clone()),
+    );
 
     let (zmq, zmq_stop) = publish_zmq::start(&config, hub.clone(), metrics.clone(), &shutdown)?
         .map_or((None, None), |(e, stop)| (Some(e), Some(stop)));

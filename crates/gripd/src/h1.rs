@@ -16,6 +16,7 @@
 //! - A connection is reused only after a whole response was read with nothing left over, from
 //!   an origin that kept the connection alive.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -28,7 +29,7 @@ use http::{Method, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::origin::{Body, BoxError};
@@ -442,29 +443,30 @@ impl OriginConn {
         let failed = |what: &str, e: io::Error| ExchangeError::Failed(format!("{what}: {e}"));
         // The rule `encode_head` wrote into the head: unknown length, chunked.
         let chunked = body.known_len().is_none();
-        // A small known body goes out in the head's write.
+        // A small known body goes out in the head's write; the rest is sent after it.
         let head_len = head.len();
-        if let OutBody::Bytes(b) = &body {
-            if b.len() <= COALESCE_MAX {
-                head.extend_from_slice(b);
+        let rest = match body {
+            OutBody::Bytes(b) if b.len() <= COALESCE_MAX => {
+                head.extend_from_slice(&b);
+                None
             }
-        }
+            body => Some(body),
+        };
         let written = self.io.write_all(head).await;
         head.truncate(head_len);
         written.map_err(|e| failed("sending request", e))?;
-        match body {
-            OutBody::Bytes(b) if b.len() > COALESCE_MAX => self
-                .io
-                .write_all(&b)
-                .await
-                .map_err(|e| failed("sending request body", e))?,
-            OutBody::Bytes(_) => {}
-            OutBody::Stream(body) => self.send_stream(body, chunked).await?,
-        }
-        self.io
-            .flush()
-            .await
-            .map_err(|e| failed("sending request", e))?;
+        // An origin may answer before the body is all sent (a 413, a 401) and stop reading
+        // it; the connection cannot carry another request then.
+        let answered_early = match rest {
+            Some(body) => self.send_body(body, chunked, method, head_max).await?,
+            None => {
+                self.io
+                    .flush()
+                    .await
+                    .map_err(|e| failed("sending request", e))?;
+                false
+            }
+        };
         // Whether the origin sent anything at all: a reused connection that ends before any
         // byte was closed while idle (stale), not mid-response.
         let mut got_any = false;
@@ -476,8 +478,11 @@ impl OriginConn {
                     self.buf.advance(h.len);
                     continue;
                 }
-                Ok(Some(h)) => {
+                Ok(Some(mut h)) => {
                     self.buf.advance(h.len);
+                    if answered_early {
+                        h.info.keep_alive = false;
+                    }
                     return Ok(h);
                 }
                 Ok(None) => {}
@@ -499,31 +504,76 @@ impl OriginConn {
         }
     }
 
-    async fn send_stream(&mut self, mut body: Body, chunked: bool) -> Result<(), ExchangeError> {
-        let failed = |e: io::Error| ExchangeError::Failed(format!("sending request body: {e}"));
-        let mut body = Pin::new(&mut body);
-        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            let frame =
-                frame.map_err(|e| ExchangeError::Failed(format!("reading request body: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not forwarded
-            };
-            if data.is_empty() {
-                continue;
+    /// Sends a request body after its head while reading what the origin says meanwhile.
+    /// `Ok(true)`: the origin answered (or sent what the head parser will reject) before the
+    /// body was all sent, and the rest was not sent.
+    async fn send_body(
+        &mut self,
+        body: OutBody,
+        chunked: bool,
+        method: &Method,
+        head_max: usize,
+    ) -> Result<bool, ExchangeError> {
+        let mut out = Outgoing {
+            body: Some(body),
+            chunked,
+            queue: VecDeque::with_capacity(3),
+        };
+        // The origin's side has ended (closed or failed): only the sending goes on.
+        let mut origin_ended = false;
+        let sent = std::future::poll_fn(|cx| loop {
+            if !origin_ended {
+                match self.poll_read_more(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => origin_ended = true,
+                    Poll::Ready(Ok(_)) if self.answered(method, head_max) => {
+                        return Poll::Ready(Ok(true))
+                    }
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => {}
+                }
             }
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                self.io.write_all(size.as_bytes()).await.map_err(failed)?;
-                self.io.write_all(&data).await.map_err(failed)?;
-                self.io.write_all(b"\r\n").await.map_err(failed)?;
-            } else {
-                self.io.write_all(&data).await.map_err(failed)?;
+            return out.poll_send(&mut self.io, cx).map_ok(|()| false);
+        })
+        .await;
+        match sent {
+            Ok(answered) => Ok(answered),
+            Err(SendError::Body(e)) => {
+                Err(ExchangeError::Failed(format!("reading request body: {e}")))
+            }
+            Err(SendError::Io(e)) => {
+                // The origin may have answered and closed without reading the rest: what it
+                // sent before closing is still there to read.
+                loop {
+                    if self.answered(method, head_max) {
+                        return Ok(true);
+                    }
+                    match self.read_more().await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                if self.reused && self.buf.is_empty() && is_reset(&e) {
+                    return Err(ExchangeError::Stale);
+                }
+                Err(ExchangeError::Failed(format!("sending request body: {e}")))
             }
         }
-        if chunked {
-            self.io.write_all(b"0\r\n\r\n").await.map_err(failed)?;
+    }
+
+    /// Whether `buf` holds a final response head (or bytes that cannot start one), after
+    /// dropping any interim (1xx) heads before it.
+    fn answered(&mut self, method: &Method, head_max: usize) -> bool {
+        loop {
+            match parse_head(&self.buf, method, head_max) {
+                Ok(None) => return false,
+                Ok(Some(h))
+                    if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
+                {
+                    self.buf.advance(h.len);
+                }
+                Ok(Some(_)) | Err(_) => return true,
+            }
         }
-        Ok(())
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -538,6 +588,96 @@ impl OriginConn {
     /// The stream and the bytes already read past the head: for `101 Switching Protocols`.
     pub fn into_upgraded(self) -> (Box<OriginIo>, Bytes) {
         (self.io, self.buf.freeze())
+    }
+}
+
+/// Why sending a request body stopped.
+enum SendError {
+    /// Writing to the origin failed.
+    Io(io::Error),
+    /// The client's body failed (cut short, too large).
+    Body(String),
+}
+
+/// A request body on its way out: frames from the client, each written (with its chunk
+/// framing) before the next is asked for.
+struct Outgoing {
+    /// `None` once the body has ended (its last bytes may still be queued).
+    body: Option<OutBody>,
+    chunked: bool,
+    /// Bytes to write, in order: a chunk-size line, data, a line end.
+    queue: VecDeque<Bytes>,
+}
+
+impl Outgoing {
+    /// Writes the whole body and flushes; `Pending` while the origin or the client is slow.
+    fn poll_send(
+        &mut self,
+        io: &mut OriginIo,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            while !self.queue.is_empty() {
+                let slices: [io::IoSlice<'_>; 3] = std::array::from_fn(|i| {
+                    io::IoSlice::new(self.queue.get(i).map_or(&[][..], |b| &b[..]))
+                });
+                let mut n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                };
+                while n > 0 {
+                    let Some(front) = self.queue.front_mut() else {
+                        break;
+                    };
+                    if n < front.len() {
+                        front.advance(n);
+                        break;
+                    }
+                    n -= front.len();
+                    self.queue.pop_front();
+                }
+            }
+            let data = match &mut self.body {
+                None => return Pin::new(&mut *io).poll_flush(cx).map_err(SendError::Io),
+                Some(OutBody::Bytes(b)) => {
+                    let b = std::mem::take(b);
+                    self.body = None;
+                    b
+                }
+                Some(OutBody::Stream(s)) => match Pin::new(s).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(SendError::Body(e.to_string())))
+                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue, // trailers are not forwarded
+                    },
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        if self.chunked {
+                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        }
+                        continue;
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if self.chunked {
+                self.queue
+                    .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                self.queue.push_back(data);
+                self.queue.push_back(Bytes::from_static(b"\r\n"));
+            } else {
+                self.queue.push_back(data);
+            }
+        }
     }
 }
 

@@ -291,6 +291,11 @@ impl Origin {
         }
     }
 
+    /// The idle connection pool (swept by a task of the app's).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     fn response(&self, head: h1::ParsedHead, conn: OriginConn) -> OriginResponse {
         let mut resp = Response::new(OriginBody::new(conn, self.pool.clone(), &head.info));
         *resp.status_mut() = head.status;
