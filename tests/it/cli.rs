@@ -115,6 +115,7 @@ async fn pushpin_command_line_with_port_offset() {
                 .env("GRIPD_PUBLISH_ZMQ_PULL", "\"\"")
                 .env("GRIPD_PUBLISH_ZMQ_SUB", "[]")
                 .env("GRIPD_PUBLISH_ZMQ_COMMAND", "\"\"")
+                .env("GRIPD_SERVER_WORKER_THREADS", "3")
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap(),
@@ -144,6 +145,15 @@ async fn pushpin_command_line_with_port_offset() {
         if !last_err.is_empty() {
             continue;
         }
+        // `server.worker_threads` (here from the environment) sets the runtime's threads (counted
+        // before any request: tokio's blocking threads, started on demand, share the name).
+        let pid = child.0.id().to_string();
+        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "gripd-worker")
+            .count();
+        assert_eq!(workers, 3, "worker threads");
         let client: std::net::SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
         let control: std::net::SocketAddr = format!("127.0.0.1:{}", 5561 + offset).parse().unwrap();
         assert_eq!(
@@ -165,7 +175,6 @@ async fn pushpin_command_line_with_port_offset() {
             200
         );
         // SIGTERM: clean exit with code 0.
-        let pid = child.0.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()

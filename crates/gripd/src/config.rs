@@ -73,6 +73,9 @@ pub const DEFAULT_FIRST_SUBSCRIPTION_UPDATE_MS: u64 = 1000;
 /// Next-link requests in flight at once toward origins.
 pub const DEFAULT_NEXT_LINK_CONCURRENCY: usize = 32;
 
+/// Most runtime worker threads `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// The `[server]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -83,6 +86,7 @@ pub struct RawServer {
     pub client_head_max: Option<usize>,
     pub client_head_timeout_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub worker_threads: Option<usize>,
 }
 
 /// The `[proxy]` table.
@@ -218,6 +222,8 @@ pub struct Config {
     /// Time a client has to send a request head, idle keep-alive time included.
     pub client_head_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Runtime worker threads; 0: one per CPU core.
+    pub worker_threads: usize,
 
     /// Routes file path; `None` when routes come from `--route` or the built-in default.
     pub routes_file: Option<PathBuf>,
@@ -443,6 +449,13 @@ impl Config {
                 .shutdown_timeout_secs
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
         );
+        let worker_threads = raw.server.worker_threads.unwrap_or(0);
+        if worker_threads > MAX_WORKER_THREADS {
+            err(
+                "server.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (got {worker_threads})"),
+            );
+        }
 
         // [proxy]
         let routes_file = if ov.routes.is_empty() {
@@ -667,6 +680,7 @@ impl Config {
             client_head_max,
             client_head_timeout,
             shutdown_timeout,
+            worker_threads,
             routes_file,
             route_lines,
             sig_iss,
@@ -971,7 +985,7 @@ mod tests {
     #[test]
     fn every_problem_reported() {
         let e = parse(
-            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\n[log]\nformat = \"xml\"\n[publish]\nzmq_hwm = 0\n[nosuch]\n",
+            "bogus = 1\n[server]\nhttp_addrs = [\"nope\"]\nmax_connections = \"many\"\nfrobnicate = true\nworker_threads = 5000\n[log]\nformat = \"xml\"\n[publish]\nzmq_hwm = 0\n[nosuch]\n",
         )
         .unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
@@ -979,6 +993,7 @@ mod tests {
             "bogus",
             "server.max_connections",
             "server.frobnicate",
+            "server.worker_threads",
             "nosuch",
             "server.http_addrs",
             "log.format",

@@ -66,10 +66,12 @@ fn main() -> ExitCode {
     }
     let env_filter = std::env::var("GRIPD_LOG").ok();
     gripd::telemetry::init(&config.log_level, config.log_format, env_filter.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gripd-worker");
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gripd: cannot start the runtime: {e}");
