@@ -145,15 +145,7 @@ async fn pushpin_command_line_with_port_offset() {
         if !last_err.is_empty() {
             continue;
         }
-        // `server.worker_threads` (here from the environment) sets the runtime's threads (counted
-        // before any request: tokio's blocking threads, started on demand, share the name).
         let pid = child.0.id().to_string();
-        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|name| name.trim() == "gripd-worker")
-            .count();
-        assert_eq!(workers, 3, "worker threads");
         let client: std::net::SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
         let control: std::net::SocketAddr = format!("127.0.0.1:{}", 5561 + offset).parse().unwrap();
         assert_eq!(
@@ -173,6 +165,13 @@ async fn pushpin_command_line_with_port_offset() {
                 .await
                 .status,
             200
+        );
+        // `server.worker_threads` (here from the environment) sets the runtime's threads.
+        let metrics = gripd_tests::request(control, "GET", "/metrics", &[], "").await;
+        let metrics = String::from_utf8_lossy(&metrics.body);
+        assert!(
+            metrics.lines().any(|l| l == "gripd_worker_threads 3"),
+            "{metrics}"
         );
         // SIGTERM: clean exit with code 0.
         assert!(Command::new("kill")

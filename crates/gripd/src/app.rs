@@ -89,6 +89,8 @@ pub fn start(config: Config, listeners: Listeners, routes: Routes) -> std::io::R
         SigKeySource::Configured(_) => {}
     }
     let metrics = Arc::new(Metrics::new());
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics.worker_threads.set(workers as i64);
     let hub = Hub::new(
         HubConfig {
             message_wait: config.message_wait,
@@ -261,7 +263,7 @@ impl Running {
     /// Returns whether everything finished in time.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         tracing::info!("shutting down");
-        self.shutdown.token.cancel();
+        self.shutdown.stop();
         self.hub.close_all();
         self.shutdown.tracker.close();
         let clean = tokio::time::timeout(deadline, self.shutdown.tracker.wait())

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub dropped_zmq_invalid: Counter,
     /// Next-link and retry requests made by gripd itself.
     pub origin_refreshes: Counter,
+    /// The runtime's worker threads (`server.worker_threads`).
+    pub worker_threads: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +105,12 @@ impl Metrics {
             "Next-link fetches and long-poll retries made by gripd",
             origin_refreshes.clone(),
         );
+        let worker_threads = Gauge::default();
+        registry.register(
+            "worker_threads",
+            "Runtime worker threads serving connections",
+            worker_threads.clone(),
+        );
 
         let c = |f: &Family<Labels, Counter>, k: &'static str, v: &'static str| {
             f.get_or_create(&vec![(k, v)]).clone()
@@ -128,6 +136,7 @@ impl Metrics {
             dropped_sequence: c(&dropped, "reason", "sequence_overflow"),
             dropped_zmq_invalid: c(&dropped, "reason", "zmq_invalid"),
             origin_refreshes,
+            worker_threads,
             registry,
         }
     }

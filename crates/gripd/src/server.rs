@@ -92,13 +92,13 @@ pub async fn serve<H, Fut>(
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         let span = tracing::debug_span!("conn", listener = settings.name, client.addr = %peer);
-        let token = shutdown.token.clone();
+        let mut stopped = shutdown.stopped();
         shutdown.tracker.spawn(
             async move {
                 let mut conn = std::pin::pin!(conn);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
-                    _ = token.cancelled() => {
+                    _ = &mut stopped => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
                     }

@@ -111,7 +111,7 @@ async fn relay(
     origin: OriginWs,
     mut grip: Option<GripSession>,
 ) {
-    let token = state.shutdown.token.clone();
+    let mut stopped = state.shutdown.stopped();
     let (client_tx, mut client_rx) = client.split();
     let (origin_tx, mut origin_rx) = origin.split();
     let mut to_client = Outbox::new(client_tx);
@@ -123,7 +123,7 @@ async fn relay(
         let client_room = to_client.is_empty();
         let read_client = to_origin.is_empty() || !origin_open;
         tokio::select! {
-            _ = token.cancelled() => {
+            _ = &mut stopped => {
                 shutdown(&mut to_client, &mut client_rx, &mut to_origin, origin_open).await;
                 return;
             }

@@ -225,7 +225,7 @@ impl Session {
         if self.apply_events(first).is_err() {
             return;
         }
-        let token = self.link.state.shutdown.token.clone();
+        let mut stopped = self.link.state.shutdown.stopped();
         loop {
             if !self.client_open
                 && (self.in_flight.is_none() && (self.pending.is_empty() || !self.origin_open))
@@ -251,7 +251,7 @@ impl Session {
             let read_client = self.client_open && self.pending_bytes < BATCH_CONTENT_MAX;
             let client_room = self.to_client.is_empty();
             tokio::select! {
-                _ = token.cancelled() => {
+                _ = &mut stopped => {
                     self.shutdown().await;
                     return;
                 }
