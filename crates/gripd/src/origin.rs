@@ -8,7 +8,8 @@
 //! - Connect and response-head waits are bounded (`connect_timeout`, `response_timeout`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -72,11 +73,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PROTOCOL: HeaderName = HeaderName::from_static("x-forwarded-protocol");
 
-/// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`.
+/// Signs `Grip-Sig` tokens, reusing one for up to `SIG_REUSE`. Each thread keeps its own
+/// current token: a shared cache was a lock taken by every request on every thread.
 pub struct Signer {
     iss: String,
     key: grip::SigKey,
-    cached: Mutex<Option<(Instant, HeaderValue)>>,
+    /// Tells this signer's tokens from another's in a thread's cache.
+    id: u64,
+}
+
+thread_local! {
+    /// The current token of the signer this thread used last: (signer id, signed at, token).
+    static SIG_CACHE: std::cell::RefCell<Option<(u64, Instant, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The origin client.
@@ -111,10 +120,11 @@ pub struct ClientRequest {
 
 impl Signer {
     pub fn new(iss: &str, key: &[u8]) -> Signer {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Signer {
             iss: iss.to_string(),
             key: grip::SigKey::from_bytes(key.to_vec()),
-            cached: Mutex::new(None),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -124,15 +134,18 @@ impl Signer {
             return None;
         }
         let now = Instant::now();
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, v)) = cached.as_ref() {
-            if now.duration_since(*at) < SIG_REUSE {
-                return Some(v.clone());
+        SIG_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((id, at, v)) = cache.as_ref() {
+                if *id == self.id && now.duration_since(*at) < SIG_REUSE {
+                    return Some(v.clone());
+                }
             }
-        }
-        let v = HeaderValue::from_str(&grip::sign(&self.iss, &self.key, unix_now()).ok()?).ok()?;
-        *cached = Some((now, v.clone()));
-        Some(v)
+            let v =
+                HeaderValue::from_str(&grip::sign(&self.iss, &self.key, unix_now()).ok()?).ok()?;
+            *cache = Some((self.id, now, v.clone()));
+            Some(v)
+        })
     }
 }
 
@@ -620,5 +633,29 @@ mod tests {
         ]);
         clean_response_headers(&mut h);
         assert_eq!(names(&h), ["accept-encoding", "content-type", "grip-hold"]);
+    }
+
+    /// A token is reused on a thread, each signer (another app in the same process, another
+    /// key) gets its own, and every one verifies with its signer's key.
+    #[test]
+    fn signer_reuses_its_own_token_per_thread() {
+        let a = Signer::new("pushpin", b"key-a");
+        let b = Signer::new("pushpin", b"key-b");
+        let a1 = a.token().unwrap();
+        let b1 = b.token().unwrap();
+        let a2 = a.token().unwrap();
+        assert_eq!(a.token().unwrap(), a2, "reused");
+        assert_ne!(a1, b1);
+        let now = unix_now();
+        let key = |k: &[u8]| grip::SigKey::from_bytes(k.to_vec());
+        for (token, k) in [(&a1, b"key-a"), (&a2, b"key-a"), (&b1, b"key-b")] {
+            assert!(grip::validate(token.to_str().unwrap(), &key(k), now));
+        }
+        assert!(!grip::validate(a1.to_str().unwrap(), &key(b"key-b"), now));
+        // Another thread signs for itself, with the same key.
+        let other = std::thread::scope(|s| s.spawn(|| a.token().unwrap()).join().unwrap());
+        assert!(grip::validate(other.to_str().unwrap(), &key(b"key-a"), now));
+        // No issuer: no token.
+        assert!(Signer::new("", b"k").token().is_none());
     }
 }
