@@ -832,3 +832,94 @@ async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
     }
     true
 }
+
+/// X-Forwarded-For and X-Forwarded-Proto follow `proxy.x_forwarded_for` and
+/// `proxy.set_x_forwarded_protocol` as Pushpin's options do; a route's `host=` replaces Host
+/// where the client put it; other headers keep their order.
+#[tokio::test]
+async fn forwarded_headers_follow_the_config() {
+    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        let lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        resp(200, &[], lines.join("\n"))
+    })
+    .await;
+    let client = [
+        ("X-First", "1"),
+        ("Host", "example.com"),
+        ("X-Forwarded-For", "192.0.2.1, 192.0.2.2"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Protocol", "https"),
+        ("X-Last", "2"),
+    ];
+    let seen = |toml: &'static str, route: &'static str| {
+        let addr = o.addr;
+        async move {
+            let p = Proxy::start(&[format!("* {addr}{route}")], toml).await;
+            let r = request(p.client, "GET", "/", &client, "").await;
+            assert_eq!(r.status, 200);
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    let has = |lines: &[String], line: &str| lines.iter().any(|l| l == line);
+    let order = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.split(": ").next())
+            .filter(|n| ["x-first", "host", "x-last"].contains(n))
+            .map(str::to_string)
+            .collect()
+    };
+    let named = |lines: &[String], name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name}: ")))
+            .count()
+    };
+
+    // Defaults: X-Forwarded-For untouched; the client's protocol claims removed for a
+    // plain-http client (Pushpin's "proto-only" removes both, then sets only -Proto for https).
+    let lines = seen("", "").await;
+    assert!(
+        has(&lines, "x-forwarded-for: 192.0.2.1, 192.0.2.2"),
+        "{lines:?}"
+    );
+    assert_eq!(named(&lines, "x-forwarded-proto"), 0, "{lines:?}");
+    assert_eq!(named(&lines, "x-forwarded-protocol"), 0, "{lines:?}");
+    assert_eq!(order(&lines), ["x-first", "host", "x-last"], "{lines:?}");
+    assert!(has(&lines, "host: example.com"), "{lines:?}");
+
+    // Appended to, truncated, replaced.
+    let lines = seen("[proxy]\nx_forwarded_for = \"append\"\n", "").await;
+    assert!(
+        has(&lines, "x-forwarded-for: 192.0.2.1, 192.0.2.2, 127.0.0.1"),
+        "{lines:?}"
+    );
+    let lines = seen("[proxy]\nx_forwarded_for = \"truncate:1,append\"\n", "").await;
+    assert!(
+        has(&lines, "x-forwarded-for: 192.0.2.2, 127.0.0.1"),
+        "{lines:?}"
+    );
+    let lines = seen("[proxy]\nx_forwarded_for = \"truncate:0\"\n", "").await;
+    assert_eq!(named(&lines, "x-forwarded-for"), 0, "{lines:?}");
+
+    // Untouched, or both protocol headers removed for a plain-http client.
+    let lines = seen("[proxy]\nset_x_forwarded_protocol = \"\"\n", "").await;
+    assert!(has(&lines, "x-forwarded-proto: https"), "{lines:?}");
+    assert!(has(&lines, "x-forwarded-protocol: https"), "{lines:?}");
+    let lines = seen("[proxy]\nset_x_forwarded_protocol = \"true\"\n", "").await;
+    assert_eq!(named(&lines, "x-forwarded-proto"), 0, "{lines:?}");
+    assert_eq!(named(&lines, "x-forwarded-protocol"), 0, "{lines:?}");
+
+    // A route's host= replaces the client's Host in its place.
+    let lines = seen("", ",host=origin.test").await;
+    assert!(has(&lines, "host: origin.test"), "{lines:?}");
+    assert_eq!(named(&lines, "host"), 1, "{lines:?}");
+    assert_eq!(order(&lines), ["x-first", "host", "x-last"], "{lines:?}");
+}

@@ -137,27 +137,85 @@ pub fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &str> {
 
 // === request encoding ===
 
-/// Writes a request head in origin-form, with our own framing header for `body_len`
-/// (`None`: chunked). `headers` must not hold hop-by-hop headers (they were cleaned).
+/// How the origin request's header lines differ from the client's, applied as the head is
+/// written (no copy of the client's header map is made).
+#[derive(Default)]
+pub struct HeaderEdits {
+    /// A name, its one new value (`None`: dropped), and whether it has been written.
+    edits: Vec<(HeaderName, Option<HeaderValue>, bool)>,
+}
+
+impl HeaderEdits {
+    pub fn with_capacity(n: usize) -> HeaderEdits {
+        HeaderEdits {
+            edits: Vec::with_capacity(n),
+        }
+    }
+
+    /// Every client line named `name` gives way to this one, written where the first of them
+    /// was (at the end when there was none). A later edit of the same name replaces this one.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.edit(name, Some(value));
+    }
+
+    /// Every client line named `name` is left out.
+    pub fn remove(&mut self, name: HeaderName) {
+        self.edit(name, None);
+    }
+
+    fn edit(&mut self, name: HeaderName, value: Option<HeaderValue>) {
+        match self.edits.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(e) => e.1 = value,
+            None => self.edits.push((name, value, false)),
+        }
+    }
+}
+
+/// Writes a request head in origin-form: the client's header lines (`client`, cleaned of
+/// hop-by-hop headers) as `edits` change them, then `extra` lines, then our own framing header
+/// for `body_len` (`None`: chunked).
 pub fn encode_head(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    client: &HeaderMap,
+    edits: &mut HeaderEdits,
+    extra: &[(HeaderName, HeaderValue)],
     body_len: Option<u64>,
 ) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path_and_query.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
+    fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in client {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        match edits.edits.iter_mut().find(|(n, _, _)| n == name) {
+            None => line(out, name, value),
+            Some((_, new, written)) => {
+                if !*written {
+                    *written = true;
+                    if let Some(v) = new {
+                        line(out, name, v);
+                    }
+                }
+            }
+        }
+    }
+    for (name, value, written) in &edits.edits {
+        if let (false, Some(v)) = (written, value) {
+            line(out, name, v);
+        }
+    }
+    for (name, value) in extra {
+        line(out, name, value);
     }
     match body_len {
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -852,21 +910,69 @@ mod tests {
         );
         h.append("x-two", HeaderValue::from_static("1"));
         h.append("x-two", HeaderValue::from_static("2"));
-        let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/p?q=1", &h, Some(3));
+        let none = HeaderMap::new();
+        let encode = |method: &Method, h: &HeaderMap, body_len| {
+            let mut out = Vec::new();
+            let mut edits = HeaderEdits::default();
+            encode_head(&mut out, method, "/p?q=1", h, &mut edits, &[], body_len);
+            String::from_utf8(out).unwrap()
+        };
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encode(&Method::POST, &h, Some(3)),
             "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 3\r\n\r\n"
         );
+        assert_eq!(
+            encode(&Method::PUT, &none, None),
+            "PUT /p?q=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            encode(&Method::GET, &none, Some(0)),
+            "GET /p?q=1 HTTP/1.1\r\n\r\n"
+        );
+        assert_eq!(
+            encode(&Method::POST, &none, Some(0)),
+            "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    /// Edits replace a client header where it stood (all its lines), drop one, add new ones at
+    /// the end in the order first set, and a later edit of a name wins; extra lines come last.
+    #[test]
+    fn request_head_edits() {
+        let mut h = HeaderMap::new();
+        h.append("x-first", HeaderValue::from_static("1"));
+        h.append(header::HOST, HeaderValue::from_static("client.test"));
+        h.append("x-gone", HeaderValue::from_static("a"));
+        h.append("x-many", HeaderValue::from_static("1"));
+        h.append("x-many", HeaderValue::from_static("2"));
+        h.append("x-kept", HeaderValue::from_static("k"));
+        let mut edits = HeaderEdits::with_capacity(4);
+        edits.set(header::HOST, HeaderValue::from_static("origin.test"));
+        edits.set(
+            HeaderName::from_static("x-new"),
+            HeaderValue::from_static("n1"),
+        );
+        edits.remove(HeaderName::from_static("x-gone"));
+        edits.set(
+            HeaderName::from_static("x-many"),
+            HeaderValue::from_static("one"),
+        );
+        edits.set(
+            HeaderName::from_static("x-new"),
+            HeaderValue::from_static("n2"),
+        );
+        edits.remove(HeaderName::from_static("x-absent"));
+        let extra = [(
+            HeaderName::from_static("x-extra"),
+            HeaderValue::from_static("e"),
+        )];
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
-        assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
-        let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/", &HeaderMap::new(), Some(0));
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
-        let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/", &HeaderMap::new(), Some(0));
-        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        encode_head(&mut out, &Method::GET, "/", &h, &mut edits, &extra, Some(0));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nx-first: 1\r\nhost: origin.test\r\nx-many: one\r\n\
+             x-kept: k\r\nx-new: n2\r\nx-extra: e\r\n\r\n"
+        );
     }
 
     #[test]

@@ -207,26 +207,27 @@ impl Origin {
         let TargetKind::Host { host, port } = &target.kind else {
             return Err(ProxyError::Internal("test target has no origin".into()));
         };
-        let mut headers = if client_headers {
-            req.headers.clone()
-        } else {
-            HeaderMap::new()
-        };
+        let mut edits = h1::HeaderEdits::with_capacity(6 + route.props.headers.len());
         let host_header = target
             .host_header
             .as_deref()
             .or(route.props.as_host.as_deref())
             .unwrap_or(&req.host);
         if let Ok(v) = HeaderValue::from_str(host_header) {
-            headers.insert(header::HOST, v);
+            edits.set(header::HOST, v);
         }
-        self.forwarded(&mut headers, req);
+        let client = if client_headers {
+            &req.headers
+        } else {
+            &HeaderMap::new()
+        };
+        self.forwarded(&mut edits, client, req);
         for (name, value) in &route.props.headers {
             if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
                 if value.is_empty() {
-                    headers.remove(&name);
+                    edits.remove(name);
                 } else if let Ok(v) = HeaderValue::from_str(value) {
-                    headers.insert(name, v);
+                    edits.set(name, v);
                 }
             }
         }
@@ -241,19 +242,18 @@ impl Origin {
                 _ => self.signer.token(),
             };
             if let Some(sig) = sig {
-                headers.insert(GRIP_SIG, sig);
+                edits.set(GRIP_SIG, sig);
             }
-            headers.insert(GRIP_FEATURE, HeaderValue::from_static(grip::GRIP_FEATURE));
-        }
-        for (name, value) in extra {
-            headers.append(name.clone(), value.clone());
+            edits.set(GRIP_FEATURE, HeaderValue::from_static(grip::GRIP_FEATURE));
         }
         let mut head = Vec::with_capacity(512);
         h1::encode_head(
             &mut head,
             &req.method,
             path_and_query,
-            &headers,
+            client,
+            &mut edits,
+            extra,
             body.known_len(),
         );
         let tls = match (target.ssl, target.insecure) {
@@ -414,9 +414,10 @@ impl Origin {
         .await
     }
 
-    fn forwarded(&self, headers: &mut HeaderMap, req: &ClientRequest) {
+    /// X-Forwarded-For and -Proto as configured, from the client's lines (`client`).
+    fn forwarded(&self, edits: &mut h1::HeaderEdits, client: &HeaderMap, req: &ClientRequest) {
         if !self.forwarded_for.is_empty() {
-            let mut entries: Vec<String> = headers
+            let mut entries: Vec<String> = client
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -433,21 +434,20 @@ impl Origin {
                     ForwardedForStep::Append => entries.push(req.peer.ip().to_string()),
                 }
             }
-            headers.remove(X_FORWARDED_FOR);
-            if !entries.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&entries.join(", ")) {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
+            match HeaderValue::from_str(&entries.join(", ")) {
+                Ok(v) if !entries.is_empty() => edits.set(X_FORWARDED_FOR, v),
+                _ => edits.remove(X_FORWARDED_FOR),
             }
         }
         if self.forwarded_proto != ForwardedProto::Untouched {
-            headers.remove(X_FORWARDED_PROTO);
-            headers.remove(X_FORWARDED_PROTOCOL);
-            if req.https {
-                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-                if self.forwarded_proto == ForwardedProto::Both {
-                    headers.insert(X_FORWARDED_PROTOCOL, HeaderValue::from_static("https"));
-                }
+            let https = HeaderValue::from_static("https");
+            match req.https {
+                true => edits.set(X_FORWARDED_PROTO, https.clone()),
+                false => edits.remove(X_FORWARDED_PROTO),
+            }
+            match (req.https, self.forwarded_proto) {
+                (true, ForwardedProto::Both) => edits.set(X_FORWARDED_PROTOCOL, https),
+                _ => edits.remove(X_FORWARDED_PROTOCOL),
             }
         }
     }
