@@ -515,19 +515,20 @@ impl OriginConn {
         written.map_err(|e| failed("sending request", e))?;
         // An origin may answer before the body is all sent (a 413, a 401) and stop reading
         // it; the connection cannot carry another request then.
-        let answered_early = match rest {
+        let sent = match rest {
             Some(body) => self.send_body(body, chunked, method, head_max).await?,
             None => {
                 self.io
                     .flush()
                     .await
                     .map_err(|e| failed("sending request", e))?;
-                false
+                Sent::default()
             }
         };
+        let answered_early = sent.answered;
         // Whether the origin sent anything at all: a reused connection that ends before any
         // byte was closed while idle (stale), not mid-response.
-        let mut got_any = false;
+        let mut got_any = sent.heard;
         loop {
             match parse_head(&self.buf, method, head_max) {
                 Ok(Some(h))
@@ -563,15 +564,13 @@ impl OriginConn {
     }
 
     /// Sends a request body after its head while reading what the origin says meanwhile.
-    /// `Ok(true)`: the origin answered (or sent what the head parser will reject) before the
-    /// body was all sent, and the rest was not sent.
     async fn send_body(
         &mut self,
         body: OutBody,
         chunked: bool,
         method: &Method,
         head_max: usize,
-    ) -> Result<bool, ExchangeError> {
+    ) -> Result<Sent, ExchangeError> {
         let mut out = Outgoing {
             body: Some(body),
             chunked,
@@ -579,14 +578,18 @@ impl OriginConn {
         };
         // The origin's side has ended (closed or failed): only the sending goes on.
         let mut origin_ended = false;
+        let mut heard = false;
         let sent = std::future::poll_fn(|cx| loop {
             if !origin_ended {
                 match self.poll_read_more(cx) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => origin_ended = true,
-                    Poll::Ready(Ok(_)) if self.answered(method, head_max) => {
-                        return Poll::Ready(Ok(true))
+                    Poll::Ready(Ok(_)) => {
+                        heard = true;
+                        if self.answered(method, head_max) {
+                            return Poll::Ready(Ok(true));
+                        }
+                        continue;
                     }
-                    Poll::Ready(Ok(_)) => continue,
                     Poll::Pending => {}
                 }
             }
@@ -594,7 +597,7 @@ impl OriginConn {
         })
         .await;
         match sent {
-            Ok(answered) => Ok(answered),
+            Ok(answered) => Ok(Sent { answered, heard }),
             Err(SendError::Body(e)) => {
                 Err(ExchangeError::Failed(format!("reading request body: {e}")))
             }
@@ -603,14 +606,17 @@ impl OriginConn {
                 // sent before closing is still there to read.
                 loop {
                     if self.answered(method, head_max) {
-                        return Ok(true);
+                        return Ok(Sent {
+                            answered: true,
+                            heard: true,
+                        });
                     }
                     match self.read_more().await {
-                        Ok(n) if n > 0 => {}
+                        Ok(n) if n > 0 => heard = true,
                         _ => break,
                     }
                 }
-                if self.reused && self.buf.is_empty() && is_reset(&e) {
+                if self.reused && !heard && is_reset(&e) {
                     return Err(ExchangeError::Stale);
                 }
                 Err(ExchangeError::Failed(format!("sending request body: {e}")))
@@ -647,6 +653,15 @@ impl OriginConn {
     pub fn into_upgraded(self) -> (Box<OriginIo>, Bytes) {
         (self.io, self.buf.freeze())
     }
+}
+
+/// How sending a request body went.
+#[derive(Default)]
+struct Sent {
+    /// The origin answered before the body was all sent; the rest was not sent.
+    answered: bool,
+    /// Some bytes came from the origin meanwhile (so it did not close the connection idle).
+    heard: bool,
 }
 
 /// Why sending a request body stopped.
