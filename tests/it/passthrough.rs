@@ -716,10 +716,11 @@ async fn client_head_timeout() {
 
 /// An origin that answers a large upload before reading it (a 413, a 401) is heard: the
 /// client gets that answer, not a 502 or a wait for the response timeout, whether the origin
-/// then closes the connection or leaves it open without reading.
+/// then closes the connection or leaves it open without reading, and whether the upload has a
+/// length or is chunked.
 #[tokio::test]
 async fn origin_answers_before_the_upload_ends() {
-    for close in [true, false] {
+    for (close, chunked) in [(true, false), (false, false), (true, true), (false, true)] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -743,17 +744,22 @@ async fn origin_answers_before_the_upload_ends() {
         let p = Proxy::start(&[format!("* {addr}")], "").await;
         let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
         let size = 64 * 1024 * 1024;
-        s.write_all(
-            format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+        let framing = match chunked {
+            true => "Transfer-Encoding: chunked".to_string(),
+            false => format!("Content-Length: {size}"),
+        };
+        s.write_all(format!("POST /upload HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let (mut rd, mut wr) = s.into_split();
         // The upload goes on until gripd stops reading it.
         let upload = tokio::spawn(async move {
-            let piece = vec![b'x'; 64 * 1024];
-            for _ in 0..size / piece.len() {
+            let data = vec![b'x'; 64 * 1024];
+            let piece = match chunked {
+                true => [format!("{:x}\r\n", data.len()).as_bytes(), &data, b"\r\n"].concat(),
+                false => data,
+            };
+            for _ in 0..size / (64 * 1024) {
                 if wr.write_all(&piece).await.is_err() {
                     break;
                 }
@@ -764,13 +770,16 @@ async fn origin_answers_before_the_upload_ends() {
         while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
             match tokio::time::timeout(WAIT, rd.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
-                other => panic!("close={close}: no answer ({other:?}), got {:?}", tail(&got)),
+                other => panic!(
+                    "close={close} chunked={chunked}: no answer ({other:?}), got {:?}",
+                    tail(&got)
+                ),
             }
         }
         let got = String::from_utf8_lossy(&got);
         assert!(
             got.starts_with("HTTP/1.1 413 "),
-            "close={close}: the client got {got:?}"
+            "close={close} chunked={chunked}: the client got {got:?}"
         );
         upload.abort();
     }

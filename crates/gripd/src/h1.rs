@@ -684,9 +684,9 @@ struct Outgoing {
 
 impl Outgoing {
     /// Writes the whole body and flushes; `Pending` while the origin or the client is slow.
-    fn poll_send(
+    fn poll_send<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
-        io: &mut OriginIo,
+        io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
@@ -1201,5 +1201,46 @@ mod tests {
         }
         let long = vec![b'1'; CHUNK_LINE_MAX + 2];
         assert!(decode_all(&long, CHUNK_LINE_MAX + 2).is_err());
+    }
+
+    /// A streamed body goes out whole and in order, with its chunk framing, even when the
+    /// origin side takes a few bytes at a time (partial vectored writes); an empty frame
+    /// writes nothing; a known-length body goes out as it is.
+    #[tokio::test]
+    async fn outgoing_body_survives_partial_writes() {
+        use http_body_util::{BodyExt, StreamBody};
+        for chunked in [true, false] {
+            let frames: Vec<Result<Frame<Bytes>, BoxError>> = ["hello", "", " big world", "!"]
+                .into_iter()
+                .map(|d| Ok(Frame::data(Bytes::from(d))))
+                .collect();
+            let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)));
+            let mut out = Outgoing {
+                body: Some(OutBody::Stream(body)),
+                chunked,
+                queue: VecDeque::new(),
+            };
+            // A 3-byte pipe: every write is partial.
+            let (mut near, mut far) = tokio::io::duplex(3);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut far, &mut got)
+                    .await
+                    .unwrap();
+                got
+            });
+            std::future::poll_fn(|cx| out.poll_send(&mut near, cx))
+                .await
+                .map_err(|_| "send failed")
+                .unwrap();
+            drop(near);
+            let got = String::from_utf8(reader.await.unwrap()).unwrap();
+            let want = if chunked {
+                "5\r\nhello\r\na\r\n big world\r\n1\r\n!\r\n0\r\n\r\n"
+            } else {
+                "hello big world!"
+            };
+            assert_eq!(got, want, "chunked={chunked}");
+        }
     }
 }
