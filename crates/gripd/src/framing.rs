@@ -373,4 +373,117 @@ mod tests {
             assert!(matches!(g.state, State::Head), "cut {cut}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One request as a client may send it, and whether its framing is ambiguous.
+        fn request() -> impl Strategy<Value = (Vec<u8>, bool)> {
+            let body = proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n')],
+                0..200,
+            );
+            (
+                prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+                "/[a-z0-9]{0,12}",
+                body,
+                0u8..5,
+                1usize..50,
+            )
+                .prop_map(|(method, path, body, kind, piece)| {
+                    let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+                    let mut r = head.into_bytes();
+                    let ambiguous = kind >= 3;
+                    match kind {
+                        // No body.
+                        0 => r.extend_from_slice(b"\r\n"),
+                        // A length.
+                        1 => {
+                            r.extend_from_slice(
+                                format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                            );
+                            r.extend_from_slice(&body);
+                        }
+                        // Chunked, in pieces.
+                        2 => {
+                            r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                            for c in body.chunks(piece) {
+                                r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                                r.extend_from_slice(c);
+                                r.extend_from_slice(b"\r\n");
+                            }
+                            r.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        // Both framings.
+                        3 => r.extend_from_slice(
+                            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        ),
+                        // Two lengths.
+                        _ => r.extend_from_slice(b"Content-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+                    }
+                    (r, ambiguous)
+                })
+        }
+
+        proptest! {
+            /// Whatever a client sends, in whatever reads: no panic, and a poisoned offset
+            /// lies within the read.
+            #[test]
+            fn scan_is_total(
+                raw in proptest::collection::vec(
+                    prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(b':')], 0..600),
+                step in 1usize..80,
+            ) {
+                let mut g = FramingGuard::new((), 256);
+                for piece in raw.chunks(step) {
+                    if let Some(at) = g.scan(piece) {
+                        prop_assert!(at <= piece.len());
+                        break;
+                    }
+                }
+            }
+
+            /// Pipelined requests with well-framed bodies (bytes that look like heads
+            /// included) pass untouched in any split into reads; the first ambiguous one is
+            /// caught within its own head, never earlier.
+            #[test]
+            fn pipelined_requests_are_followed(
+                requests in proptest::collection::vec(request(), 1..6),
+                step in 1usize..120,
+            ) {
+                let mut stream = Vec::new();
+                let mut bad = None;
+                for (r, ambiguous) in &requests {
+                    if *ambiguous && bad.is_none() {
+                        bad = Some((stream.len(), stream.len() + r.len()));
+                    }
+                    stream.extend_from_slice(r);
+                }
+                let mut g = FramingGuard::new((), 8192);
+                let mut hit = None;
+                let mut offset = 0;
+                for piece in stream.chunks(step) {
+                    if let Some(at) = g.scan(piece) {
+                        hit = Some(offset + at);
+                        break;
+                    }
+                    offset += piece.len();
+                }
+                match bad {
+                    None => {
+                        prop_assert_eq!(hit, None);
+                        prop_assert!(matches!(g.state, State::Head));
+                    }
+                    Some((start, end)) => {
+                        let hit = hit.expect("an ambiguous request passed");
+                        prop_assert!(
+                            hit >= start && hit < end,
+                            "hit {} outside {}..{}", hit, start, end
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

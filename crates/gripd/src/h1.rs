@@ -1243,4 +1243,103 @@ mod tests {
             assert_eq!(got, want, "chunked={chunked}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop_oneof![Just(Method::GET), Just(Method::HEAD), Just(Method::POST)]
+        }
+
+        /// Random bytes with a fair share of what heads and chunked bodies are made of.
+        fn head_like() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    Just(b'\r'),
+                    Just(b'\n'),
+                    Just(b':'),
+                    Just(b' '),
+                    Just(b'0'),
+                ],
+                0..400,
+            )
+        }
+
+        proptest! {
+            /// An origin's response head, whatever its bytes: no panic, and a head is never
+            /// longer than the bytes given or the limit.
+            #[test]
+            fn parse_head_is_total(
+                mut raw in head_like(),
+                prefix in prop_oneof![Just(&b""[..]), Just(&b"HTTP/1.1 200 OK\r\n"[..])],
+                method in method(),
+                head_max in 16usize..600,
+            ) {
+                raw.splice(0..0, prefix.iter().copied());
+                if let Ok(Some(h)) = parse_head(&raw, &method, head_max) {
+                    prop_assert!(h.len <= raw.len() && h.len <= head_max);
+                }
+            }
+
+            /// The chunked decoder, whatever its bytes and however they are split: no panic,
+            /// never more bytes out than in, never a frame over its limit.
+            #[test]
+            fn decode_chunk_is_total(raw in head_like(), step in 1usize..64, max in 1usize..32) {
+                let mut buf = BytesMut::new();
+                let mut state = Chunk::Size;
+                let mut out = 0;
+                'feed: for piece in raw.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    loop {
+                        match decode_chunk(&mut buf, &mut state, max) {
+                            Ok(Some(d)) => {
+                                prop_assert!(d.len() <= max);
+                                out += d.len();
+                            }
+                            Ok(None) => break,
+                            Err(_) => break 'feed,
+                        }
+                    }
+                }
+                prop_assert!(out <= raw.len());
+            }
+
+            /// Any chunked encoding of any body (extensions, trailers, chunk sizes in either
+            /// case), split anywhere, decodes to that body and leaves what follows it alone.
+            #[test]
+            fn chunked_bodies_round_trip(
+                chunks in proptest::collection::vec(
+                    proptest::collection::vec(any::<u8>(), 1..300), 0..6),
+                ext in prop_oneof![Just(""), Just(";a=b"), Just(";q=\"x y\"")],
+                upper in any::<bool>(),
+                trailers in prop_oneof![Just(""), Just("X-T: 1\r\n"), Just("A: 1\r\nB: 2\r\n")],
+                step in 1usize..97,
+                max in 1usize..200,
+            ) {
+                let mut wire = Vec::new();
+                for c in &chunks {
+                    let size = if upper { format!("{:X}", c.len()) } else { format!("{:x}", c.len()) };
+                    wire.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+                    wire.extend_from_slice(c);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(format!("0{ext}\r\n{trailers}\r\nNEXT").as_bytes());
+                let mut buf = BytesMut::new();
+                let mut state = Chunk::Size;
+                let mut out = Vec::new();
+                for piece in wire.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    while let Some(d) = decode_chunk(&mut buf, &mut state, max).unwrap() {
+                        prop_assert!(d.len() <= max);
+                        out.extend_from_slice(&d);
+                    }
+                }
+                prop_assert_eq!(out, chunks.concat());
+                prop_assert_eq!(state, Chunk::Done);
+                prop_assert_eq!(&buf[..], b"NEXT");
+            }
+        }
+    }
 }
