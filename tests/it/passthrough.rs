@@ -305,9 +305,11 @@ async fn failover_to_second_target() {
 
 #[tokio::test]
 async fn origin_timeout_gives_504() {
-    let o = origin(|_req| async move {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        resp(200, &[], "late")
+    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        resp(200, &[("content-length", "2")], "ok")
     })
     .await;
     let p = Proxy::start(
@@ -315,8 +317,27 @@ async fn origin_timeout_gives_504() {
         "[proxy]\nresponse_timeout_secs = 1\n",
     )
     .await;
-    let r = request(p.client, "GET", "/", &[], "").await;
+    let r = request(p.client, "GET", "/slow", &[], "").await;
     assert_eq!(r.status, 504);
+
+    // On a keep-alive connection whose earlier requests were answered in time, a slow one
+    // still gets its whole second, then a 504.
+    let mut s = tokio::net::TcpStream::connect(p.client).await.unwrap();
+    for i in 0..3 {
+        s.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_until_or_eof(&mut s, "\r\n\r\nok").await, "request {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let start = std::time::Instant::now();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_or_eof(&mut s, "HTTP/1.1 504").await);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(950), "504 after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "504 after {waited:?}");
 }
 
 #[tokio::test]
