@@ -303,15 +303,22 @@ async fn failover_to_second_target() {
     assert_eq!(r.body, "body");
 }
 
+/// An origin that answers `ok` at once, and to `/slow` only after `delay`.
+async fn slow_path_origin(delay: Duration) -> Origin {
+    origin(
+        move |req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(delay).await;
+            }
+            resp(200, &[("content-length", "2")], "ok")
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn origin_timeout_gives_504() {
-    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
-        if req.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-        resp(200, &[("content-length", "2")], "ok")
-    })
-    .await;
+    let o = slow_path_origin(Duration::from_secs(30)).await;
     let p = Proxy::start(
         &[format!("* {}", o.addr)],
         "[proxy]\nresponse_timeout_secs = 1\n",
@@ -678,13 +685,7 @@ async fn read_until_or_eof(s: &mut tokio::net::TcpStream, needle: &str) -> bool 
 /// long it lives, and a slow origin is waited for.
 #[tokio::test]
 async fn client_head_timeout() {
-    let o = origin(|req: http::Request<hyper::body::Incoming>| async move {
-        if req.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-        }
-        resp(200, &[("content-length", "2")], "ok")
-    })
-    .await;
+    let o = slow_path_origin(Duration::from_millis(2500)).await;
     let p = Proxy::start(
         &[format!("* {}", o.addr)],
         "[server]\nclient_head_timeout_secs = 1\n",

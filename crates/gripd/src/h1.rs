@@ -513,8 +513,6 @@ impl OriginConn {
         let written = self.io.write_all(head).await;
         head.truncate(head_len);
         written.map_err(|e| failed("sending request", e))?;
-        // An origin may answer before the body is all sent (a 413, a 401) and stop reading
-        // it; the connection cannot carry another request then.
         let sent = match rest {
             Some(body) => self.send_body(body, chunked, method, head_max).await?,
             None => {
@@ -525,27 +523,18 @@ impl OriginConn {
                 Sent::default()
             }
         };
-        let answered_early = sent.answered;
+        // An origin may answer before the body is all sent (a 413, a 401) and stop reading
+        // it; the connection cannot carry another request then.
+        if let Some(mut h) = sent.early {
+            h.info.keep_alive = false;
+            return Ok(h);
+        }
         // Whether the origin sent anything at all: a reused connection that ends before any
         // byte was closed while idle (stale), not mid-response.
         let mut got_any = sent.heard;
         loop {
-            match parse_head(&self.buf, method, head_max) {
-                Ok(Some(h))
-                    if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
-                {
-                    self.buf.advance(h.len);
-                    continue;
-                }
-                Ok(Some(mut h)) => {
-                    self.buf.advance(h.len);
-                    if answered_early {
-                        h.info.keep_alive = false;
-                    }
-                    return Ok(h);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ExchangeError::Failed(e)),
+            if let Some(h) = self.final_head(method, head_max)? {
+                return Ok(h);
             }
             match self.read_more().await {
                 Ok(0) if self.reused && !got_any => return Err(ExchangeError::Stale),
@@ -585,57 +574,64 @@ impl OriginConn {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => origin_ended = true,
                     Poll::Ready(Ok(_)) => {
                         heard = true;
-                        if self.answered(method, head_max) {
-                            return Poll::Ready(Ok(true));
+                        match self.final_head(method, head_max) {
+                            Ok(None) => continue,
+                            Ok(Some(h)) => return Poll::Ready(Ok(Some(h))),
+                            Err(e) => return Poll::Ready(Err(SendError::Head(e))),
                         }
-                        continue;
                     }
                     Poll::Pending => {}
                 }
             }
-            return out.poll_send(&mut self.io, cx).map_ok(|()| false);
+            return out.poll_send(&mut self.io, cx).map_ok(|()| None);
         })
         .await;
-        match sent {
-            Ok(answered) => Ok(Sent { answered, heard }),
+        let err = match sent {
+            Ok(early) => return Ok(Sent { early, heard }),
+            Err(SendError::Head(e)) => return Err(e),
             Err(SendError::Body(e)) => {
-                Err(ExchangeError::Failed(format!("reading request body: {e}")))
+                return Err(ExchangeError::Failed(format!("reading request body: {e}")))
             }
-            Err(SendError::Io(e)) => {
-                // The origin may have answered and closed without reading the rest: what it
-                // sent before closing is still there to read.
-                loop {
-                    if self.answered(method, head_max) {
-                        return Ok(Sent {
-                            answered: true,
-                            heard: true,
-                        });
-                    }
-                    match self.read_more().await {
-                        Ok(n) if n > 0 => heard = true,
-                        _ => break,
-                    }
-                }
-                if self.reused && !heard && is_reset(&e) {
-                    return Err(ExchangeError::Stale);
-                }
-                Err(ExchangeError::Failed(format!("sending request body: {e}")))
+            Err(SendError::Io(e)) => e,
+        };
+        // The origin may have answered and closed without reading the rest: what it sent
+        // before closing is still there to read.
+        loop {
+            if let Some(h) = self.final_head(method, head_max)? {
+                return Ok(Sent {
+                    early: Some(h),
+                    heard: true,
+                });
+            }
+            match self.read_more().await {
+                Ok(n) if n > 0 => heard = true,
+                _ => break,
             }
         }
+        if self.reused && !heard && is_reset(&err) {
+            return Err(ExchangeError::Stale);
+        }
+        Err(ExchangeError::Failed(format!(
+            "sending request body: {err}"
+        )))
     }
 
-    /// Whether `buf` holds a final response head (or bytes that cannot start one), after
-    /// dropping any interim (1xx) heads before it.
-    fn answered(&mut self, method: &Method, head_max: usize) -> bool {
+    /// The final response head at the start of `buf`, taken from it, after dropping any
+    /// interim (1xx) heads before it; `None` while more bytes are needed.
+    fn final_head(
+        &mut self,
+        method: &Method,
+        head_max: usize,
+    ) -> Result<Option<ParsedHead>, ExchangeError> {
         loop {
-            match parse_head(&self.buf, method, head_max) {
-                Ok(None) => return false,
-                Ok(Some(h))
-                    if h.status.is_informational() && h.info.framing != Framing::Upgrade =>
-                {
+            match parse_head(&self.buf, method, head_max).map_err(ExchangeError::Failed)? {
+                None => return Ok(None),
+                Some(h) => {
                     self.buf.advance(h.len);
+                    if !h.status.is_informational() || h.info.framing == Framing::Upgrade {
+                        return Ok(Some(h));
+                    }
                 }
-                Ok(Some(_)) | Err(_) => return true,
             }
         }
     }
@@ -658,8 +654,8 @@ impl OriginConn {
 /// How sending a request body went.
 #[derive(Default)]
 struct Sent {
-    /// The origin answered before the body was all sent; the rest was not sent.
-    answered: bool,
+    /// The origin's answer, when it came before the body was all sent (the rest was not).
+    early: Option<ParsedHead>,
     /// Some bytes came from the origin meanwhile (so it did not close the connection idle).
     heard: bool,
 }
@@ -668,6 +664,8 @@ struct Sent {
 enum SendError {
     /// Writing to the origin failed.
     Io(io::Error),
+    /// The origin sent what is not a response head.
+    Head(ExchangeError),
     /// The client's body failed (cut short, too large).
     Body(String),
 }

@@ -7,10 +7,11 @@
 //! - A connection goes back to the pool only once its response body has ended; a body dropped
 //!   early takes the connection with it (HTTP/1.1 cannot reuse it mid-message).
 //! - A pooled connection is checked before reuse; one the origin closed is dropped, never used.
-//! - At most `max_idle` idle connections per origin; idle ones older than `idle_timeout` are
-//!   dropped (oldest first, whenever a connection of that origin is returned).
-//! - An idle connection the origin closed (its keep-alive timeout) is closed on our side too
-//!   within `SWEEP_EVERY`, so it does not hold a file descriptor in CLOSE_WAIT.
+//! - At most `max_idle` idle connections per origin; a connection returned to a full pool
+//!   pushes out the oldest.
+//! - Idle connections older than `idle_timeout`, or that the origin closed (its keep-alive
+//!   timeout), are dropped within `SWEEP_EVERY`, so none holds a file descriptor in CLOSE_WAIT
+//!   for long; `take` checks both again before handing one out.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -89,29 +90,32 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let key = conn.key.clone();
-        let idle = Idle { conn, since: now };
-        match all
-            .iter_mut()
-            .find(|(k, _)| k.is(key.tls, &key.host, key.port))
+        let idle = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match all
+            .iter()
+            .position(|(k, _)| k.is(key.tls, &key.host, key.port))
         {
-            Some((_, conns)) => {
-                // Expired or closed by the origin: nothing polls an idle connection, so the
-                // oldest ones are looked at whenever one comes back.
-                while conns
-                    .front_mut()
-                    .is_some_and(|c| now - c.since >= self.idle_timeout || !c.conn.is_open())
-                {
-                    conns.pop_front();
-                }
-                if conns.len() < self.max_idle {
-                    conns.push_back(idle);
-                }
+            Some(i) => i,
+            None => {
+                all.push((key, VecDeque::new()));
+                all.len() - 1
             }
-            None => all.push((key, VecDeque::from([idle]))),
-        }
+        };
+        let conns = &mut all[i].1;
+        // Full: the oldest goes (taking is last-in first-out, so it is the one least likely to
+        // be used). Expired and closed ones are the sweep's business.
+        let evicted = (conns.len() >= self.max_idle)
+            .then(|| conns.pop_front())
+            .flatten();
+        conns.push_back(idle);
+        drop(all);
+        // Closed outside the lock.
+        drop(evicted);
     }
 
     /// Drops every idle connection that has waited too long or that the origin has closed.
